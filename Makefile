@@ -1,0 +1,36 @@
+# One venv for everything; `make test` and `make demo` create it on first use.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+# The CPU wheel of torch lies on this disk; an unpinned torch would pull a multi-GB CUDA build.
+TORCH   ?= torch==2.13.0
+PYTEST  := $(BIN)/python -m pytest
+
+.PHONY: setup test test-slow lint format demo bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed  ## create .venv with the package and its dev tools
+
+test: setup  ## the default test suite (the README's test command; CI runs this)
+	$(BIN)/ruff check src tests bench
+	$(PYTEST) -q -m "not slow and not integration"
+
+test-slow: setup  ## the slow tests (longer training runs)
+	$(PYTEST) -q -m "slow"
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+format: setup
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
