@@ -18,19 +18,19 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed  ## create .venv with the package and its dev tools
 
 test: setup  ## the default test suite (the README's test command; CI runs this)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check .
 	$(PYTEST) -q -m "not slow and not integration"
 
 test-slow: setup  ## the slow tests (longer training runs)
 	$(PYTEST) -q -m "slow"
 
 lint: setup
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 format: setup
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
