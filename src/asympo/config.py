@@ -8,6 +8,7 @@ overrides; the resolved config is written to `DIR/config.json`, which `--config`
 from __future__ import annotations
 
 import ast
+import itertools
 import dataclasses
 import json
 import typing
@@ -291,7 +292,7 @@ def _field_docs(cls) -> dict[str, str]:
         return {}
     body = tree.body[0].body
     docs = {}
-    for a, b in zip(body, body[1:]):
+    for a, b in itertools.pairwise(body):
         if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name):
             if (
                 isinstance(b, ast.Expr)
