@@ -26,7 +26,9 @@ def group(gid, version, batch_index=0, G=2):
 def simulate(cfg: BufferConfig, steps: int, N: int, seed: int, synchronous=False):
     """A deterministic event simulation of workers + learner; returns the trained batches and drops."""
     rng = random.Random(seed)
-    sched = PromptScheduler(PROBLEMS, prompts_per_step=N, group_size=2, buffer=cfg, seed=seed, synchronous=synchronous)
+    sched = PromptScheduler(
+        PROBLEMS, prompts_per_step=N, group_size=2, buffer=cfg, seed=seed, synchronous=synchronous
+    )
     buf = StalenessBuffer(cfg, on_drop=lambda rec, v: sched.replace_dropped(v))
     store = WeightStore()
     store.add(0, {})
@@ -130,7 +132,9 @@ def test_config_validation():
 
 
 def test_scheduler_epochs_cover_every_problem_once():
-    sched = PromptScheduler(PROBLEMS, prompts_per_step=5, group_size=2, buffer=BufferConfig(), synchronous=True)
+    sched = PromptScheduler(
+        PROBLEMS, prompts_per_step=5, group_size=2, buffer=BufferConfig(), synchronous=True
+    )
     ids = []
     for v in range(10):
         ids += [t.problem.id for t in sched.issue(v)]
