@@ -41,7 +41,7 @@ def test_overrides():
         ("buffer.policy=block", r"buffer.policy must be one of wait, drop"),
         ("rollout.group_size=1", r"rollout.group_size must be >= 2"),
         ("rollout.engine=sglang", r"rollout.engine must be one of torch, vllm, openai"),
-        ("backend=slurm", r"backend must be one of local, ray"),
+        ("backend=slurm", r"backend must be one of local"),
         ("learner.lr=0", r"learner.lr must be > 0"),
         ("learner.bogus=1", r"unknown config key\(s\) learner.bogus; valid keys in learner: objective"),
         ('learner.hparams={"neg_scale": 0.2}', r"neg_scale not valid for 'asympo'; valid: eps, rescale"),

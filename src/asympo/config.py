@@ -18,7 +18,7 @@ from pathlib import Path
 from asympo.learner import LearnerConfig
 from asympo.runtime.buffer import BufferConfig
 
-BACKENDS = ("local", "ray")
+BACKENDS = ("local",)  # the Ray backend (DESIGN §5) is not built yet
 MODES = ("async", "sync")
 ENGINES = ("torch", "vllm", "openai")
 
@@ -153,7 +153,7 @@ class TrainConfig:
     seed: int = 0
     """Seed of the data order, sampling and initialisation."""
     backend: str = "local"
-    """local (one machine) | ray (a Ray cluster, local or remote)."""
+    """local (one machine; the only backend so far — a Ray backend is planned)."""
     mode: str = "async"
     """async: rollout workers generate while the learner trains; sync: generate, then train (in one process)."""
     checkpoint_every: int = 50

@@ -90,16 +90,6 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def make_backend(cfg: TrainConfig, spec: WorkerSpec, scheduler: PromptScheduler) -> Backend:
-    if cfg.backend == "ray":
-        from asympo.runtime.ray import RayBackend
-
-        return RayBackend(
-            spec,
-            scheduler,
-            cfg.buffer,
-            num_workers=cfg.rollout.num_workers,
-            max_tasks_per_call=cfg.rollout.max_prompts_per_call,
-        )
     from asympo.runtime.local import InlineBackend, ProcessBackend
 
     if cfg.mode == "sync":
