@@ -8,8 +8,8 @@ overrides; the resolved config is written to `DIR/config.json`, which `--config`
 from __future__ import annotations
 
 import ast
-import itertools
 import dataclasses
+import itertools
 import json
 import typing
 from dataclasses import dataclass, field

@@ -136,7 +136,10 @@ def _math_verify():
 
         for name in ("math_verify.parser", "math_verify.grader"):
             logging.getLogger(name).addFilter(_DropNoTimeoutWarning())
-        config = [math_verify.LatexExtractionConfig(boxed_match_priority=0), math_verify.ExprExtractionConfig()]
+        config = [
+            math_verify.LatexExtractionConfig(boxed_match_priority=0),
+            math_verify.ExprExtractionConfig(),
+        ]
         _MATH_VERIFY = (math_verify.parse, math_verify.verify, config)
     return _MATH_VERIFY
 

@@ -25,7 +25,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from asympo.rewards import RewardFn, get_reward
@@ -64,20 +64,26 @@ class RewardPoolConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise ValueError(f"num_workers must be an int >= 0 (0 = inline), got {self.num_workers!r}")
-        if not (isinstance(self.timeout_s, int | float) and math.isfinite(self.timeout_s) and self.timeout_s > 0):
+        if not (
+            isinstance(self.timeout_s, int | float) and math.isfinite(self.timeout_s) and self.timeout_s > 0
+        ):
             raise ValueError(f"timeout_s must be a finite number > 0, got {self.timeout_s!r}")
         if self.start_method not in _START_METHODS:
             raise ValueError(f"start_method must be one of {_START_METHODS}, got {self.start_method!r}")
         if not (isinstance(self.startup_timeout_s, int | float) and self.startup_timeout_s > 0):
             raise ValueError(f"startup_timeout_s must be a number > 0, got {self.startup_timeout_s!r}")
         if not isinstance(self.max_inflight_per_worker, int) or self.max_inflight_per_worker < 1:
-            raise ValueError(f"max_inflight_per_worker must be an int >= 1, got {self.max_inflight_per_worker!r}")
+            raise ValueError(
+                f"max_inflight_per_worker must be an int >= 1, got {self.max_inflight_per_worker!r}"
+            )
         if self.memory_limit_mb is not None and (
             not isinstance(self.memory_limit_mb, int) or self.memory_limit_mb < 256
         ):
             raise ValueError(f"memory_limit_mb must be None or an int >= 256, got {self.memory_limit_mb!r}")
         if not isinstance(self.preload, tuple) or not all(isinstance(p, str) and p for p in self.preload):
-            raise ValueError(f"preload must be a tuple of import paths ('pkg.mod' or 'pkg.mod:fn'), got {self.preload!r}")
+            raise ValueError(
+                f"preload must be a tuple of import paths ('pkg.mod' or 'pkg.mod:fn'), got {self.preload!r}"
+            )
         if not isinstance(self.max_start_failures, int) or self.max_start_failures < 1:
             raise ValueError(f"max_start_failures must be an int >= 1, got {self.max_start_failures!r}")
 
@@ -237,7 +243,12 @@ class RewardPool:
                     f"module level, pass its import path 'pkg.mod:fn', or use num_workers=0"
                 ) from e
         self._lock = threading.Lock()
-        self._totals = {"reward/timeouts": 0, "reward/errors": 0, "reward/graded": 0, "reward/worker_restarts": 0}
+        self._totals = {
+            "reward/timeouts": 0,
+            "reward/errors": 0,
+            "reward/graded": 0,
+            "reward/worker_restarts": 0,
+        }
         self._start_failures = 0
         self._closed = False
         self._workers: list[_Worker] = []

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from asympo.engines.base import SamplingParams
+
 from asympo.runtime.buffer import BufferConfig, StalenessBuffer
 from asympo.runtime.records import Batch, DropRecord, RolloutGroup
 from asympo.runtime.scheduler import PromptScheduler
@@ -57,19 +58,13 @@ class WorkerSpec:
 
 def make_scorer(reward: str, num_workers: int = 0, timeout_s: float = 5.0) -> Scorer:
     """A scorer over the named reward function, run in a process pool with timeouts when num_workers > 0."""
-    from asympo.rewards import get_reward
     from asympo.rewards.pool import RewardPool, RewardPoolConfig
 
-    pool = RewardPool(get_reward(reward), RewardPoolConfig(num_workers=num_workers, timeout_s=timeout_s))
+    pool = RewardPool(reward, RewardPoolConfig(num_workers=num_workers, timeout_s=timeout_s))
 
     def score(completions: list[str], references: list[str]) -> tuple[list[float], dict[str, int]]:
-        before = pool.metrics()
-        rewards = pool.score(completions, references)
-        after = pool.metrics()
-        return rewards, {
-            "timeouts": int(after.get("reward/timeouts", 0) - before.get("reward/timeouts", 0)),
-            "errors": int(after.get("reward/errors", 0) - before.get("reward/errors", 0)),
-        }
+        result = pool.score_batch(completions, references)
+        return result.rewards, {"timeouts": result.timeouts, "errors": result.errors}
 
     return score
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from asympo.engines.base import Engine, SamplingParams
+
 from asympo.runtime.records import PromptTask, RolloutGroup, Sample
 from asympo.runtime.sync import WeightStore
 
