@@ -206,7 +206,7 @@ class Learner:
             self.opt.zero_grad(set_to_none=True)  # NaN guard: never let a bad batch reach the weights
         else:
             self.opt.step()
-        self.lr_sched.step()
+            self.lr_sched.step()
         self.version += 1
 
         staleness = batch.staleness
