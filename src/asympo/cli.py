@@ -109,19 +109,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.list_presets:
         _print_presets()
         return 0
+    from asympo.config import TrainConfig, load_config_file
     from asympo.train import train
 
-    cfg = config_from_args(args)
-    if args.resume and args.config is None and not Path(cfg.out, "config.json").exists():
-        raise UserError(f"--resume: {cfg.out} holds no run (no config.json)")
-    if args.resume and args.config is None:
-        # The run's own config is the truth; command-line flags may only extend the step count.
-        from asympo.config import TrainConfig, load_config_file
-
-        d = load_config_file(Path(cfg.out, "config.json"))
+    if args.resume:
+        # The run's own config is the truth; the command line may only extend the step count.
+        if not args.out:
+            raise UserError("--resume needs --out DIR (the run to continue)")
+        config_path = Path(args.out, "config.json")
+        if not config_path.exists():
+            raise UserError(f"--resume: {args.out} holds no run (no config.json)")
+        d = load_config_file(config_path)
         if args.steps is not None:
             d["steps"] = args.steps
         cfg = TrainConfig.from_dict(d)
+    else:
+        cfg = config_from_args(args)
     result = train(cfg, resume=args.resume, progress=not args.no_progress)
     _print_result(result)
     return 0
