@@ -110,7 +110,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         _print_presets()
         return 0
     from asympo.config import TrainConfig, load_config_file
-    from asympo.train import train
 
     if args.resume:
         # The run's own config is the truth; the command line may only extend the step count.
@@ -125,6 +124,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = TrainConfig.from_dict(d)
     else:
         cfg = config_from_args(args)
+    from asympo.train import train
+
     result = train(cfg, resume=args.resume, progress=not args.no_progress)
     _print_result(result)
     return 0
@@ -145,9 +146,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.help_config:
         _print_config_help()
         return 0
+    cfg = config_from_args(args, default_preset="demo")
     from asympo.train import train
 
-    cfg = config_from_args(args, default_preset="demo")
     out = Path(cfg.out)
     if out.exists() and (out / "config.json").exists():
         print(f"replacing the previous demo run in {out}", file=sys.stderr)
