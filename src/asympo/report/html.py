@@ -42,7 +42,7 @@ nav a { margin-right: 1em; }
 
 def table(headers: list[str], rows: Iterable[list[Any]], key_columns: int = 1, table_id: str = "") -> str:
     """An HTML table; the first `key_columns` columns are left-aligned labels, the rest numbers."""
-    ident = f' id="{escape(table_id)}"' if table_id else ""
+    ident = f' id="table-{escape(table_id)}"' if table_id else ""
     head = "".join(
         f'<th class="key">{escape(h)}</th>' if i < key_columns else f"<th>{escape(h)}</th>"
         for i, h in enumerate(headers)

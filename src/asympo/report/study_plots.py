@@ -15,39 +15,46 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import NullFormatter
 
-from asympo.report.figures import Plot, empty_note, legend, new_figure, palette, save, wants_log
+from asympo.report.figures import RAW_ALPHA, Plot, empty_note, legend, new_figure, palette, save, wants_log
+from asympo.report.runs import RunData
 from asympo.report.stats import align, auto_window, nan_mean_std, smooth, summarize
 from asympo.report.studies import ResultRow, StudyData
 
-# (metric key, file stem, title, y label, caption). Curves for keys no cell logged are skipped.
+EVAL_KEY = "pass@1 (held-out)"
+"""Pseudo-key of the held-out pass@1 curve, read from each cell's eval.jsonl instead of metrics.jsonl."""
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A per-objective curve figure: which metric, which file, and the words around it."""
+
+    key: str
+    stem: str
+    title: str
+    ylabel: str
+    caption: str
+
+
+# Drawn in this order; a curve whose key no cell logged is skipped.
 CURVES = (
-    ("reward/mean", "curves_reward", "Training reward", "batch-mean reward", "Training reward"),
-    (
-        "nll/ratio",
-        "curves_nll_ratio",
-        "nll/ratio (neg / pos)",
-        "nll/ratio",
+    Curve(EVAL_KEY, "curves_pass1", "Held-out pass@1", "held-out pass@1", "Held-out pass@1 during training"),
+    Curve("reward/mean", "curves_reward", "Training reward", "batch-mean reward", "Training reward"),
+    Curve(
+        "nll/ratio", "curves_nll_ratio", "nll/ratio (neg / pos)", "nll/ratio",
         "The scale-imbalance diagnostic: mean NLL of negative- over positive-advantage responses",
     ),
-    ("nll/pos", "curves_nll_pos", "nll/pos", "mean token NLL", "Mean NLL of positive-advantage responses"),
-    ("nll/neg", "curves_nll_neg", "nll/neg", "mean token NLL", "Mean NLL of negative-advantage responses"),
-    ("grad/norm", "curves_grad_norm", "grad/norm", "L2 norm", "Total gradient norm"),
-    (
-        "grad/norm_pos",
-        "curves_grad_norm_pos",
-        "grad/norm_pos",
-        "L2 norm",
+    Curve("nll/pos", "curves_nll_pos", "nll/pos", "mean token NLL", "Mean NLL of positive-advantage responses"),
+    Curve("nll/neg", "curves_nll_neg", "nll/neg", "mean token NLL", "Mean NLL of negative-advantage responses"),
+    Curve("grad/norm", "curves_grad_norm", "grad/norm", "L2 norm", "Total gradient norm"),
+    Curve(
+        "grad/norm_pos", "curves_grad_norm_pos", "grad/norm_pos", "L2 norm",
         "Gradient norm of the positive-advantage terms alone",
     ),
-    (
-        "grad/norm_neg",
-        "curves_grad_norm_neg",
-        "grad/norm_neg",
-        "L2 norm",
+    Curve(
+        "grad/norm_neg", "curves_grad_norm_neg", "grad/norm_neg", "L2 norm",
         "Gradient norm of the negative-advantage terms alone",
     ),
-)
-EVAL_KEY = "pass@1 (held-out)"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -69,23 +76,9 @@ def plot_study(study: StudyData, out_dir: Path, window: int | None = None) -> li
         plots.append(final_vs_staleness_plot(study, out_dir, colors))
         if len(study.result_lrs) > 1:
             plots.append(final_vs_lr_plot(study, out_dir, colors))
-    if any(c.run is not None and c.run.evals for c in study.cells):
-        plots.append(
-            _curves_plot(
-                study,
-                out_dir,
-                colors,
-                EVAL_KEY,
-                "curves_pass1",
-                "Held-out pass@1",
-                "held-out pass@1",
-                "Held-out pass@1 at each evaluation during training",
-                1,
-            )
-        )
-    for key, stem, title, ylabel, caption in CURVES:
-        if any(c.run is not None and c.run.has(key) for c in study.cells):
-            plots.append(_curves_plot(study, out_dir, colors, key, stem, title, ylabel, caption, window))
+    for curve in CURVES:
+        if any(_curve_of(cell.run, curve.key) is not None for cell in study.cells):
+            plots.append(_curves_plot(study, out_dir, colors, curve, window))
     return plots
 
 
@@ -208,16 +201,16 @@ def final_vs_lr_plot(study: StudyData, out_dir: Path, colors: dict[str, str]) ->
     )
 
 
+def _curve_of(run: RunData | None, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(steps [S], values [S]) of `key` in a cell's run, None when it has no finite value."""
+    if run is None:
+        return None
+    curve = (run.eval_steps, run.eval_pass1) if key == EVAL_KEY else (run.steps, run.series(key))
+    return curve if np.isfinite(curve[1]).any() else None
+
+
 def _curves_plot(
-    study: StudyData,
-    out_dir: Path,
-    colors: dict[str, str],
-    key: str,
-    stem: str,
-    title: str,
-    ylabel: str,
-    caption: str,
-    window: int | None,
+    study: StudyData, out_dir: Path, colors: dict[str, str], spec: Curve, window: int | None
 ) -> Plot:
     with_lr = _with_lr(study, "cells")
     styles = _linestyles(study)
@@ -226,17 +219,10 @@ def _curves_plot(
     fig, axes = new_figure(nrows, ncols, panel=(4.6, 3.4), sharey=True)
     curves: dict[tuple[int, Series], list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
     for cell in study.cells:
-        if cell.run is None:
-            continue
-        run = cell.run
-        if key == EVAL_KEY:
-            curve = (run.eval_steps, run.eval_pass1)
-        else:
-            curve = (run.steps, run.series(key))
-        if np.isfinite(curve[1]).any():
-            curves[(cell.info.staleness, _series_of(cell.info.objective, cell.info.lr, with_lr))].append(
-                curve
-            )
+        curve = _curve_of(cell.run, spec.key)
+        if curve is not None:
+            series = _series_of(cell.info.objective, cell.info.lr, with_lr)
+            curves[(cell.info.staleness, series)].append(curve)
     # Legend and drawing order follow the study's objective order, not the cells' directory names.
     rank = {objective: i for i, objective in enumerate(study.objectives)}
     curves = dict(sorted(curves.items(), key=lambda kv: (rank[kv[0][1].objective], kv[0][1].lr or 0.0)))
@@ -248,9 +234,12 @@ def _curves_plot(
                 continue
             steps, matrix = align(group)
             mean, std = nan_mean_std(matrix)
-            w = window or auto_window(len(steps))
+            w = 1 if spec.key == EVAL_KEY else (window or auto_window(len(steps)))  # evaluations are few
             m, s = smooth(mean, w), smooth(std, w)
             color = colors[series.objective]
+            if w > 1:  # the unsmoothed seed mean, faint, under the smoothed line
+                finite = np.isfinite(mean)
+                ax.plot(steps[finite], mean[finite], color=color, alpha=RAW_ALPHA * 0.8, linewidth=0.7)
             ax.plot(
                 steps,
                 m,
@@ -258,7 +247,7 @@ def _curves_plot(
                 linewidth=1.6,
                 linestyle=styles.get(series.lr, "-"),
                 label=series.label(with_lr),
-                marker="o" if key == EVAL_KEY else None,
+                marker="o" if spec.key == EVAL_KEY else None,
                 markersize=3,
             )
             if len(group) > 1:
@@ -269,24 +258,26 @@ def _curves_plot(
             empty_note(ax, "no data")
         ax.set_title(f"staleness {level}")
         ax.set_xlabel("optimiser step")
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel(spec.ylabel)
     for ax in list(axes.flat)[len(levels) :]:
         ax.set_visible(False)
-    if key == "nll/ratio" or key.startswith("grad/"):
+    if spec.key == "nll/ratio" or spec.key.startswith("grad/"):
         if wants_log(*all_values):
             for ax in axes.flat:
                 ax.set_yscale("log")
-        if key == "nll/ratio":
+        if spec.key == "nll/ratio":
             for ax in axes.flat:
                 ax.axhline(1.0, color="gray", linestyle=":", linewidth=1)
     handles, labels = _unique_handles(axes)
     fig.legend(handles, labels, loc="outside right upper", fontsize="small")
-    fig.suptitle(f"{title} per objective (mean over seeds)")
-    smoothing = "" if key == EVAL_KEY else " Curves are smoothed with a centred moving average."
+    fig.suptitle(f"{spec.title} per objective (mean over seeds)")
+    smoothing = (
+        "" if spec.key == EVAL_KEY else " Bold: smoothed with a centred moving average; faint: unsmoothed."
+    )
     return Plot(
-        save(fig, out_dir / f"{stem}.png"),
-        title,
-        f"{caption}, one panel per staleness: the mean over seeds at each step (band: ± one std across "
+        save(fig, out_dir / f"{spec.stem}.png"),
+        spec.title,
+        f"{spec.caption}, one panel per staleness: the mean over seeds at each step (band: ± one std across "
         f"seeds).{smoothing}",
     )
 
