@@ -201,12 +201,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
-    from asympo.report import main as report_main
-
-    return report_main(args.rest)
-
-
 def _cmd_objectives(args: argparse.Namespace) -> int:
     from asympo.objectives import OBJECTIVES
 
@@ -263,11 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser(
-        "report", help="plots (PNG) and report.html for a run or study directory", add_help=False
+    # Listed here for `asympo --help`; `main` hands `asympo report ...` to asympo.report.main.
+    sub.add_parser(
+        "report", help="plots (PNG) and report.html for a run or study directory (asympo report DIR)"
     )
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("objectives", help="list the built-in objectives and their hyperparameters")
     p.set_defaults(func=_cmd_objectives)
@@ -275,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["report"]:  # the report command parses its own arguments (and --help)
+        from asympo.report import main as report_main
+
+        return report_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
