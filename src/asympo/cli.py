@@ -201,6 +201,38 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from asympo.study import STUDY_PRESETS, StudyConfig, run_study
+
+    if args.list_presets:
+        for name, st in STUDY_PRESETS.items():
+            labels = ", ".join(o.label for o in st.objectives)
+            print(
+                f"{name:10s} objectives: {labels}; staleness {st.staleness}; seeds {st.seeds}; lrs {st.lrs}"
+            )
+        return 0
+    if args.preset not in STUDY_PRESETS:
+        raise UserError(f"unknown study preset {args.preset!r}; valid: {', '.join(STUDY_PRESETS)}")
+    if not args.out:
+        raise UserError("asympo study needs --out DIR")
+    base = STUDY_PRESETS[args.preset]
+    study = StudyConfig(
+        objectives=base.objectives,
+        staleness=base.staleness,
+        seeds=args.seeds or base.seeds,
+        lrs=base.lrs,
+        base=base.base,
+        overrides=[*base.overrides, *([f"steps={args.steps}"] if args.steps else []), *args.overrides],
+        collapse_fraction=base.collapse_fraction,
+    )
+    t0 = time.monotonic()
+    path = run_study(study, args.out, parallel=args.parallel, progress=not args.no_progress)
+    print(f"results: {path}")
+    print(f"report: {Path(args.out) / 'report.html'}")
+    print(f"wall time: {time.monotonic() - t0:.0f}s")
+    return 0
+
+
 def _cmd_objectives(args: argparse.Namespace) -> int:
     from asympo.objectives import OBJECTIVES
 
@@ -256,6 +288,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser(
+        "study",
+        help="objective x staleness x seed grid: results.csv, plots, report.html",
+        description="Run a study grid in the deterministic fixed-delay mode (resumable: finished "
+        "cells are skipped). Collapse = final held-out pass@1 below half its start.",
+    )
+    p.add_argument("--preset", default="smoke", help="smoke | staleness | lr (see --list-presets)")
+    p.add_argument("--out", metavar="DIR", help="study directory")
+    p.add_argument("--parallel", type=int, default=2, help="cells run at once (processes)")
+    p.add_argument("--steps", type=int, help="override every cell's optimiser steps")
+    p.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field of every cell's config",
+    )
+    p.add_argument("--list-presets", action="store_true", help="list the study presets")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_study)
 
     # Listed here for `asympo --help`; `main` hands `asympo report ...` to asympo.report.main.
     sub.add_parser(
