@@ -189,7 +189,7 @@ def _run_cell(cfg_dict: dict, cell_info: dict, threads: int) -> dict:
         shutil.rmtree(out)  # an unfinished earlier attempt
     out.mkdir(parents=True)
     atomic_write_text(out / "cell.json", json.dumps(cell_info))
-    result = train(cfg, progress=False)
+    train(cfg, progress=False)
     return result_row(out, cell_info, cell_info["collapse_fraction"])
 
 
