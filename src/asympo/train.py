@@ -57,12 +57,9 @@ def resolve_model_path(cfg: TrainConfig, progress: bool = True) -> str:
         return cfg.model.path
     from asympo.sft import SFTConfig, warmup
 
-    sft_cfg = (
-        SFTConfig.from_overrides(cfg.sft, task=cfg.task.arithmetic)
-        if hasattr(SFTConfig, "from_overrides")
-        else SFTConfig(**cfg.sft)
-    )
-    return str(warmup(sft_cfg, progress=progress))
+    # The warm-up learns the same arithmetic task that RL then trains on.
+    sft = {**cfg.sft, "task": {**cfg.task.arithmetic, **cfg.sft.get("task", {})}}
+    return str(warmup(SFTConfig(**sft), progress=progress))
 
 
 def load_task(cfg: TrainConfig, split: str, tokenizer=None) -> list[Problem]:
@@ -156,7 +153,7 @@ class HeldOutEval:
 
         self.cfg = cfg
         self.problems = problems[: cfg.eval.limit] if cfg.eval.limit else problems
-        self.engine = TorchEngine(model, tokenizer, device=cfg.model.device)
+        self.engine = TorchEngine(model, tokenizer)
         self.reward = get_reward(cfg.task.reward_name)
         self.sampling = SamplingParams(
             temperature=cfg.eval.temperature,
@@ -169,6 +166,7 @@ class HeldOutEval:
         from asympo.evaluate import evaluate
 
         was_training = self.engine.model.training
+        self.engine.model.eval()
         try:
             return evaluate(
                 self.engine, self.problems, self.reward, n=self.cfg.eval.n, sampling=self.sampling
@@ -252,6 +250,7 @@ def train(
             _truncate_jsonl(out / name, start_step)
 
     evaluator = HeldOutEval(cfg, learner.model, tokenizer, eval_problems)
+    learner.model.train()  # the engine wrapper put it in eval mode
     metrics_log = JsonlWriter(out / "metrics.jsonl")
     eval_log = JsonlWriter(out / "eval.jsonl")
     pass1_before = None
