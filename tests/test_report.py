@@ -376,6 +376,17 @@ def test_minimal_run_without_histograms_links_its_plots(tmp_path):
         assert_valid_png(plot.path, min_bytes=5_000)
 
 
+def test_a_run_that_has_not_finished_a_step_still_gets_a_page(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text('{"step": 0, "rew')
+    (run_dir / "eval.jsonl").write_text('{"step": 0, "pass@1": 0.25}\n')
+    report = build_report(run_dir)
+    assert [p.path.name for p in report.plots] == ["reward.png"]  # the step-0 evaluation alone
+    html = report.html.read_text()
+    assert "has no complete step yet" in html and "<td>0.25 (step 0) → 0.25 (step 0)</td>" in html
+
+
 # ---------------------------------------------------------------------------------------- study report
 
 
