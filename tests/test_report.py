@@ -7,6 +7,8 @@ import json
 import math
 import re
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -376,6 +378,17 @@ def test_minimal_run_without_histograms_links_its_plots(tmp_path):
         assert_valid_png(plot.path, min_bytes=5_000)
 
 
+def test_a_run_that_has_not_finished_a_step_still_gets_a_page(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text('{"step": 0, "rew')
+    (run_dir / "eval.jsonl").write_text('{"step": 0, "pass@1": 0.25}\n')
+    report = build_report(run_dir)
+    assert [p.path.name for p in report.plots] == ["reward.png"]  # the step-0 evaluation alone
+    html = report.html.read_text()
+    assert "has no complete step yet" in html and "<td>0.25 (step 0) → 0.25 (step 0)</td>" in html
+
+
 # ---------------------------------------------------------------------------------------- study report
 
 
@@ -457,3 +470,17 @@ def test_main_prints_the_report_and_plots_and_fails_cleanly(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0 and "study directory" in capsys.readouterr().out
+
+
+def test_importing_the_package_for_the_cli_stays_cheap():
+    # The main CLI imports asympo.report for `add_arguments`; numpy/matplotlib must wait for a report.
+    code = "import sys, asympo.report.cli; print('matplotlib' in sys.modules, 'numpy' in sys.modules)"
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": src}
+    )
+    assert out.stdout.split() == ["False", "False"], out.stderr
+    import asympo.report
+
+    for name in asympo.report.__all__:  # every lazily exported name resolves
+        assert getattr(asympo.report, name).__name__ == name

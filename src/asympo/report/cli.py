@@ -6,7 +6,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from asympo.report.build import build_report
 from asympo.report.io import ReportError
 
 DESCRIPTION = (
@@ -41,6 +40,8 @@ def build_parser(prog: str = "asympo report") -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run the command for parsed `args`; returns the process exit code."""
+    from asympo.report.build import build_report  # numpy + matplotlib: only when a report is made
+
     try:
         report = build_report(args.dir, window=args.window, embed=not args.no_embed)
     except ReportError as exc:
