@@ -90,6 +90,7 @@ class BackendBase:
         self.drop_reasons: Counter[str] = Counter()
         self.reward_timeouts = 0
         self.reward_errors = 0
+        self.restarts = 0  # rollout workers restarted after dying
 
     def _on_drop(self, rec: DropRecord, learner_version: int) -> None:
         with self.lock:
@@ -102,9 +103,6 @@ class BackendBase:
             self.reward_timeouts += group.reward_timeouts
             self.reward_errors += group.reward_errors
             self.buffer.put(group)
-
-    def _trained(self, batch: Batch) -> None:
-        """Hook for when a batch leaves the buffer (bookkeeping only)."""
 
     def state_dict(self) -> dict:
         with self.lock:
@@ -127,4 +125,5 @@ class BackendBase:
             out["reward/timeouts"] = float(self.reward_timeouts)
             out["reward/errors"] = float(self.reward_errors)
             out["buffer/size"] = float(len(self.buffer))
+            out["workers/restarts"] = float(self.restarts)
             return out

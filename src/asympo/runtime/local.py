@@ -50,7 +50,6 @@ class InlineBackend(BackendBase):
         while True:
             batch = self.buffer.try_get_batch(n_groups, learner_version)
             if batch is not None:
-                self._trained(batch)
                 batch.time_wait = time.monotonic() - t0
                 return batch
             with self.lock:
@@ -142,7 +141,6 @@ class ProcessBackend(BackendBase):
         self._learner_version = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.restarts = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -188,7 +186,6 @@ class ProcessBackend(BackendBase):
         with self.lock:
             self._learner_version = learner_version
         batch = self.buffer.get_batch(n_groups, learner_version, timeout=self.batch_timeout_s)
-        self._trained(batch)
         return batch
 
     # ------------------------------------------------------------------ dispatcher thread
@@ -237,6 +234,3 @@ class ProcessBackend(BackendBase):
                 for v in sorted(self._history):
                     new.weight_q.put((v, self._history[v]))
                 self.workers[i] = new
-
-    def metrics(self) -> dict[str, float]:
-        return {**super().metrics(), "workers/restarts": float(self.restarts)}
