@@ -49,7 +49,9 @@ def _verify_sha256_cached(path: str, size: int, mtime_ns: int) -> None:
         raise ValueError(f"{sums_file}: no sha256 line for {file.name}")
     actual = hashlib.sha256(file.read_bytes()).hexdigest()
     if actual != expected:
-        raise ValueError(f"{file}: sha256 {actual} differs from {expected} in {sums_file}; the shipped data is damaged")
+        raise ValueError(
+            f"{file}: sha256 {actual} differs from {expected} in {sums_file}; the shipped data is damaged"
+        )
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, Record]]:
@@ -61,9 +63,13 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, Record]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+                raise ValueError(
+                    f"{path}, line {lineno}: invalid JSON ({e.msg} at column {e.colno})"
+                ) from None
             if not isinstance(record, dict):
-                raise ValueError(f"{path}, line {lineno}: expected a JSON object, got {type(record).__name__}")
+                raise ValueError(
+                    f"{path}, line {lineno}: expected a JSON object, got {type(record).__name__}"
+                )
             yield lineno, record
 
 
@@ -74,17 +80,20 @@ def _read_parquet(path: Path) -> Iterator[tuple[int, Record]]:
         raise ImportError(
             f"reading {path} needs pyarrow: pip install 'asympo[datasets]' (or pip install pyarrow)"
         ) from e
-    for row, record in enumerate(pq.read_table(path).to_pylist(), start=1):
-        yield row, record
+    yield from enumerate(pq.read_table(path).to_pylist(), start=1)
 
 
 def _field(record: Record, key: str, where: str, role: str) -> str:
     """`record[key]` as text; a missing or non-text field is a ValueError naming where and which."""
     if key not in record:
-        raise ValueError(f"{where}: missing field {key!r} (the {role}); the record has fields {sorted(record)}")
+        raise ValueError(
+            f"{where}: missing field {key!r} (the {role}); the record has fields {sorted(record)}"
+        )
     value = record[key]
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueError(f"{where}: field {key!r} (the {role}) must be text or a number, got {type(value).__name__}")
+        raise ValueError(
+            f"{where}: field {key!r} (the {role}) must be text or a number, got {type(value).__name__}"
+        )
     return value if isinstance(value, str) else str(value)
 
 
@@ -107,7 +116,10 @@ def _math500(record: Record, where: str) -> tuple[str, str, dict]:
     return question, reference, {"question": question, **meta}
 
 
-_BUILTIN_RECORDS: dict[str, Callable[[Record, str], tuple[str, str, dict]]] = {"gsm8k": _gsm8k, "math500": _math500}
+_BUILTIN_RECORDS: dict[str, Callable[[Record, str], tuple[str, str, dict]]] = {
+    "gsm8k": _gsm8k,
+    "math500": _math500,
+}
 
 
 def _load_builtin(name: str, split: str) -> list[tuple[str, str, str, dict]]:
@@ -133,7 +145,9 @@ def _check_fields(fields: Mapping[str, str] | None) -> dict[str, str]:
         return mapping
     unknown = sorted(set(fields) - set(MAPPABLE_FIELDS))
     if unknown:
-        raise ValueError(f"fields: unknown keys {unknown}; valid keys: {list(MAPPABLE_FIELDS)} (each → a column name)")
+        raise ValueError(
+            f"fields: unknown keys {unknown}; valid keys: {list(MAPPABLE_FIELDS)} (each → a column name)"
+        )
     for key, column in fields.items():
         if not isinstance(column, str) or not column:
             raise ValueError(f"fields[{key!r}] must be a column name (a non-empty str), got {column!r}")
@@ -141,7 +155,9 @@ def _check_fields(fields: Mapping[str, str] | None) -> dict[str, str]:
     return mapping
 
 
-def _map_records(records: Iterator[tuple[int, Record]], source: str, unit: str, fields: dict[str, str], prefix: str):
+def _map_records(
+    records: Iterator[tuple[int, Record]], source: str, unit: str, fields: dict[str, str], prefix: str
+):
     rows = []
     used = set(fields.values())
     for number, record in records:
@@ -171,7 +187,9 @@ def _load_hf(spec: str, split: str, fields: dict[str, str]) -> list[tuple[str, s
     try:
         import datasets
     except ImportError as e:
-        raise ImportError(f"loading {spec!r} needs the datasets library: pip install 'asympo[datasets]'") from e
+        raise ImportError(
+            f"loading {spec!r} needs the datasets library: pip install 'asympo[datasets]'"
+        ) from e
     dataset = datasets.load_dataset(name, config or None, split=split)
     records = ((row, dict(record)) for row, record in enumerate(dataset, start=1))
     return _map_records(records, spec, "row", fields, name.rstrip("/").rsplit("/", 1)[-1])

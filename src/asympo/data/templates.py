@@ -29,9 +29,13 @@ def check_template(template: Template, tokenizer: Any = None) -> None:
         raise ValueError(f"unknown template {template!r}; valid templates: {list(TEMPLATES)}, or a function")
     if template == "chat":
         if tokenizer is None or not hasattr(tokenizer, "apply_chat_template"):
-            raise ValueError("template 'chat' needs a tokenizer with apply_chat_template (pass tokenizer=...)")
+            raise ValueError(
+                "template 'chat' needs a tokenizer with apply_chat_template (pass tokenizer=...)"
+            )
         if getattr(tokenizer, "chat_template", None) is None:
-            raise ValueError("template 'chat': this tokenizer has no chat template (tokenizer.chat_template is None)")
+            raise ValueError(
+                "template 'chat': this tokenizer has no chat template (tokenizer.chat_template is None)"
+            )
 
 
 def render_prompt(

@@ -37,7 +37,9 @@ def _import_path(path: str) -> RewardFn:
         try:
             fn = getattr(fn, part)
         except AttributeError:
-            raise ValueError(f"reward import path {path!r}: {module_name} has no attribute {attr!r}") from None
+            raise ValueError(
+                f"reward import path {path!r}: {module_name} has no attribute {attr!r}"
+            ) from None
     if not callable(fn):
         raise ValueError(f"reward import path {path!r} names a {type(fn).__name__}, not a function")
     return fn
@@ -53,10 +55,14 @@ def get_reward(name: str) -> RewardFn:
         try:
             return _import_path(REWARDS[name])
         except ImportError as e:
-            raise ImportError(f"reward {name!r} is unavailable: {_NOT_INSTALLED_HINT.get(name, e)} ({e})") from e
+            raise ImportError(
+                f"reward {name!r} is unavailable: {_NOT_INSTALLED_HINT.get(name, e)} ({e})"
+            ) from e
     if ":" in name:
         return _import_path(name)
-    raise ValueError(f"unknown reward {name!r}; valid names: {sorted(REWARDS)}, or an import path 'pkg.mod:fn'")
+    raise ValueError(
+        f"unknown reward {name!r}; valid names: {sorted(REWARDS)}, or an import path 'pkg.mod:fn'"
+    )
 
 
 __all__ = ["REWARDS", "RewardFn", "extract_answer", "get_reward", "math_reward"]

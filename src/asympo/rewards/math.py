@@ -136,7 +136,10 @@ def _math_verify():
 
         for name in ("math_verify.parser", "math_verify.grader"):
             logging.getLogger(name).addFilter(_DropNoTimeoutWarning())
-        config = [math_verify.LatexExtractionConfig(boxed_match_priority=0), math_verify.ExprExtractionConfig()]
+        config = [
+            math_verify.LatexExtractionConfig(boxed_match_priority=0),
+            math_verify.ExprExtractionConfig(),
+        ]
         _MATH_VERIFY = (math_verify.parse, math_verify.verify, config)
     return _MATH_VERIFY
 
@@ -150,6 +153,11 @@ def answers_match(answer: str, reference: str) -> bool:
         answer_number = _as_plain_number(answer)
         if answer_number is not None:
             return answer_number == ref_number
+    return symbolic_match(answer, reference)
+
+
+def symbolic_match(answer: str, reference: str) -> bool:
+    """math-verify's verdict on two answer strings, with no fast path and no timeout (see module doc)."""
     parse, verify, config = _math_verify()
     # Wrapping in \boxed{} makes math-verify take the whole string as one expression instead of
     # hunting for a number inside it; `None` timeouts keep it away from SIGALRM.

@@ -87,16 +87,29 @@ def reasoning_gym_problems(
         entry = dataset[index]
         try:
             reference = json.dumps(
-                {"dataset": name, "seed": seed, "size": size, "config": config, "index": index, "entry": entry}
+                {
+                    "dataset": name,
+                    "seed": seed,
+                    "size": size,
+                    "config": config,
+                    "index": index,
+                    "entry": entry,
+                }
             )
         except TypeError as e:
-            raise ValueError(f"reasoning-gym {name}[{index}] is not JSON data, so it cannot be a reference: {e}") from None
+            raise ValueError(
+                f"reasoning-gym {name}[{index}] is not JSON data, so it cannot be a reference: {e}"
+            ) from None
         problems.append(
             Problem(
                 id=f"reasoning_gym/{name}/{seed}/{index}",
                 prompt=render_prompt(entry["question"], template, tokenizer, instruction=ANSWER_INSTRUCTION),
                 reference=reference,
-                meta={"question": entry["question"], "answer": entry["answer"], "metadata": entry["metadata"]},
+                meta={
+                    "question": entry["question"],
+                    "answer": entry["answer"],
+                    "metadata": entry["metadata"],
+                },
             )
         )
     return problems
@@ -134,6 +147,7 @@ def reasoning_gym_reward(completion: str, reference: str) -> float:
     entry = regenerated if regenerated["question"] == question else stored
     try:
         score = _dataset(*key).score_answer(answer, entry)
-    except Exception:  # some scorers raise on malformed answers (int("abc")): a wrong answer, not a grader fault
+    except Exception:
+        # Some scorers raise on a malformed answer (int("abc")): that is a wrong answer, not a grader fault.
         return 0.0
     return 1.0 if score >= 1.0 else 0.0
