@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import re
 from fractions import Fraction
+from functools import lru_cache
 
 # An extracted answer longer than this grades 0.0 without being parsed: real final answers are short
 # (MATH-500's longest is under 200 characters) and sympy's parser is super-linear in its input.
@@ -158,14 +159,24 @@ def answers_match(answer: str, reference: str) -> bool:
 
 def symbolic_match(answer: str, reference: str) -> bool:
     """math-verify's verdict on two answer strings, with no fast path and no timeout (see module doc)."""
-    parse, verify, config = _math_verify()
-    # Wrapping in \boxed{} makes math-verify take the whole string as one expression instead of
-    # hunting for a number inside it; `None` timeouts keep it away from SIGALRM.
-    gold = parse("\\boxed{" + reference + "}", config, parsing_timeout=None)
-    target = parse("\\boxed{" + answer + "}", config, parsing_timeout=None)
+    gold = _parse_reference(reference)
+    target = _parse(answer)
     if not gold or not target:
         return False
-    return bool(verify(gold, target, timeout_seconds=None))
+    _, verify, _ = _math_verify()
+    return bool(verify(list(gold), list(target), timeout_seconds=None))
+
+
+def _parse(text: str) -> tuple:
+    parse, _, config = _math_verify()
+    # Wrapping in \boxed{} makes math-verify take the whole string as one expression instead of
+    # hunting for a number inside it; `None` timeouts keep it away from SIGALRM.
+    return tuple(parse("\\boxed{" + text + "}", config, parsing_timeout=None))
+
+
+# A reference is graded against a whole group of completions in a row: parse it once. (sympy
+# expressions are immutable, so sharing the parsed objects is safe.)
+_parse_reference = lru_cache(maxsize=4096)(_parse)
 
 
 def math_reward(completion: str, reference: str) -> float:
