@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import sys
+import types
 from importlib.resources import files
 from pathlib import Path
 
@@ -246,3 +247,13 @@ def test_package_exports():
     assert asympo.data.load_problems is load_problems
     with pytest.raises(AttributeError, match="no attribute 'no_such_thing'"):
         _ = asympo.data.no_such_thing
+
+
+def test_arithmetic_task_is_reexported_lazily(monkeypatch):
+    fake = types.ModuleType("asympo.data.arithmetic")
+    fake.ArithmeticTask = object()
+    monkeypatch.setitem(sys.modules, "asympo.data.arithmetic", fake)
+    assert asympo.data.ArithmeticTask is fake.ArithmeticTask
+    assert asympo.data.arithmetic is fake
+    with pytest.raises(AttributeError, match="no attribute 'NotThere'"):
+        _ = asympo.data.NotThere

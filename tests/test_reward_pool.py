@@ -89,8 +89,7 @@ def test_timeout_yields_zero_and_is_counted(pool):
     assert batch.rewards == [1.0, 0.0, 1.0, 1.0, 0.0, 0.0]
     assert batch.status == ["ok", "timeout", "ok", "ok", "timeout", "ok"]
     assert "timeout" in batch.messages[1]
-    # The two sleeps run on the two workers at the same time: about one timeout in all.
-    assert elapsed < 2 * TIMEOUT_S + 1.0
+    assert elapsed < 10  # the sleeps last 60 s; the rest is replacing two workers
     after = pool.metrics()
     assert after["reward/timeouts"] - before["reward/timeouts"] == 2
     assert after["reward/worker_restarts"] - before["reward/worker_restarts"] == 2
