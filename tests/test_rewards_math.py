@@ -51,6 +51,9 @@ def pool():
         ("The final answer is: 17.", "17"),
         ("THE ANSWER IS 3.5.", "3.5"),
         ("the answer is \\(x+1\\)", "x+1"),
+        ("The answer is **$42$**.", "42"),
+        ("#### `7`", "7"),
+        ("#### **", "**"),  # emphasis markers alone are not stripped to nothing
         ("#### 8\nthe answer is 9", "8"),  # #### before "the answer is"
         ("the answer is 9\n\\boxed{10}", "10"),  # \boxed before everything
         ("no final answer here, 42", None),
