@@ -181,9 +181,9 @@ def test_context_manager_stops_workers():
 
 
 def test_reward_by_name_and_import_path():
-    with RewardPool("test_reward_pool:exact_reward", RewardPoolConfig(num_workers=1, preload=())) as p:
+    with RewardPool("tests.test_reward_pool:exact_reward", RewardPoolConfig(num_workers=1, preload=())) as p:
         assert p.score(["1", "2"], ["1", "1"]) == [1.0, 0.0]
-    assert get_reward("test_reward_pool:exact_reward") is exact_reward
+    assert get_reward("tests.test_reward_pool:exact_reward") is exact_reward
 
 
 def test_reward_that_cannot_load_fails_loudly():
@@ -194,7 +194,7 @@ def test_reward_that_cannot_load_fails_loudly():
 
 def test_worker_that_never_gets_ready_fails_loudly():
     config = RewardPoolConfig(
-        num_workers=1, preload=("test_reward_pool:never_ready",), startup_timeout_s=1.0, max_start_failures=1
+        num_workers=1, preload=("tests.test_reward_pool:never_ready",), startup_timeout_s=1.0, max_start_failures=1
     )
     start = time.monotonic()
     with RewardPool(exact_reward, config) as p, pytest.raises(RuntimeError, match=r"not ready after 1\.0 s"):
