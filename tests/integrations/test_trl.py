@@ -55,9 +55,7 @@ def count_a(completions, **kwargs) -> list[float]:
 
 def make_trainer(tmp_path, loss_type="asympo", **overrides) -> ASymPOTrainer:
     tokenizer = tiny_tokenizer()
-    args = ASymPOConfig(
-        output_dir=str(tmp_path),
-        loss_type=loss_type,
+    settings = dict(
         per_device_train_batch_size=8,
         num_generations=4,
         max_completion_length=8,
@@ -69,8 +67,8 @@ def make_trainer(tmp_path, loss_type="asympo", **overrides) -> ASymPOTrainer:
         bf16=False,
         use_cpu=True,
         seed=0,
-        **overrides,
     )
+    args = ASymPOConfig(output_dir=str(tmp_path), loss_type=loss_type, **{**settings, **overrides})
     dataset = Dataset.from_dict({"prompt": [f"{i}+{i}=" for i in range(16)]})
     return ASymPOTrainer(
         model=tiny_model(len(tokenizer)),
@@ -162,6 +160,27 @@ def test_trains_a_few_steps_on_cpu(tmp_path):
         assert {"nll/pos", "nll/neg", "asympo/scale_mean"} <= h.keys()
 
 
+@pytest.mark.parametrize("loss_type, old_logp_passes", [("asympo", 0), ("spo", 0), ("dapo", 1)])
+def test_stale_batches_skip_the_old_log_prob_pass(tmp_path, loss_type, old_logp_passes):
+    """A generation batch reused for 2 optimiser steps: TRL's losses need old log-probs, ours do not."""
+    # Generation batch of 8 completions (2 groups) split into 2 optimiser steps of 4.
+    trainer = make_trainer(
+        tmp_path, loss_type, per_device_train_batch_size=4, steps_per_generation=2, max_steps=2
+    )
+    no_grad_passes = []
+    inner = trainer._get_per_token_logps_and_entropies
+
+    def counting(*args, **kwargs):
+        no_grad_passes.append(not torch.is_grad_enabled())
+        return inner(*args, **kwargs)
+
+    trainer._get_per_token_logps_and_entropies = counting
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert sum(no_grad_passes) == old_logp_passes
+    assert trainer.num_iterations == 1  # restored after generation
+
+
 def test_trl_loss_types_still_run_trls_loss(tmp_path):
     trainer = make_trainer(tmp_path, "dapo")
     model = trainer.model
@@ -201,3 +220,29 @@ def test_trainer_refuses_a_plain_grpo_config(tmp_path):
         ASymPOTrainer(
             model=tiny_model(len(tokenizer)), reward_funcs=count_a, args=args, processing_class=tokenizer
         )
+
+
+def test_example_script_trains_a_local_model(tmp_path):
+    """examples/trl/train_asympo.py end to end on a tiny model saved to disk (the hub is never reached)."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "examples" / "trl" / "train_asympo.py"
+    spec = importlib.util.spec_from_file_location("train_asympo", script)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+
+    tokenizer = tiny_tokenizer()
+    model_dir = tmp_path / "tiny"
+    tiny_model(len(tokenizer)).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    trainer = example.main(
+        [
+            "--model", str(model_dir), "--out", str(tmp_path / "out"), "--cpu", "--max-steps", "2",
+            "--num-prompts", "8", "--num-generations", "4", "--batch-size", "4", "--steps-per-generation", "2",
+            "--max-completion-length", "4", "--loss-type", "spo", "--neg-scale", "0.2",
+        ]
+    )  # fmt: skip
+    assert trainer.state.global_step == 2
+    assert trainer.args.loss_type == "spo" and trainer.args.spo_neg_scale == 0.2
+    assert example.exact_answer([" 12 apples", "13", "x"], ["12", "12", "12"]) == [1.0, 0.0, 0.0]

@@ -19,6 +19,7 @@ the bias-corrected KL) instead of being silently ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -151,6 +152,21 @@ class ASymPOTrainer(GRPOTrainer):
         if self.loss_type == "asympo":
             return {"eps": self.args.asympo_eps, "rescale": self.args.asympo_rescale}
         return {"neg_scale": self.args.spo_neg_scale}
+
+    def _generate_and_score_completions(self, inputs):
+        if self.loss_type not in LOSS_TYPES:
+            return super()._generate_and_score_completions(inputs)
+        # TRL 1.16 runs an extra no-grad forward pass for old log-probs whenever a generation batch
+        # outlives one optimiser step (gradient_accumulation_steps % (steps_per_generation *
+        # num_iterations) != 0), i.e. exactly when samples go stale. asympo/spo never read them, so for
+        # this call TRL sees an aligned schedule; num_iterations is read nowhere else in it. The
+        # Fraction keeps steps_per_generation * num_iterations == gradient_accumulation_steps exact.
+        num_iterations = self.num_iterations
+        self.num_iterations = Fraction(self.args.gradient_accumulation_steps, self.args.steps_per_generation)
+        try:
+            return super()._generate_and_score_completions(inputs)
+        finally:
+            self.num_iterations = num_iterations
 
     def _compute_loss(self, model, inputs):
         if self.loss_type not in LOSS_TYPES:
