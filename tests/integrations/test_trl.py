@@ -53,7 +53,8 @@ def count_a(completions, **kwargs) -> list[float]:
     return [c.count("a") / max(1, len(c)) for c in completions]
 
 
-def make_trainer(tmp_path, loss_type="asympo", **overrides) -> ASymPOTrainer:
+def make_trainer(tmp_path, loss_type="asympo", model=None, **overrides) -> ASymPOTrainer:
+    """A trainer on the tiny model (or `model`, e.g. a saved copy's path) and tokenizer."""
     tokenizer = tiny_tokenizer()
     settings = dict(
         per_device_train_batch_size=8,
@@ -71,7 +72,7 @@ def make_trainer(tmp_path, loss_type="asympo", **overrides) -> ASymPOTrainer:
     args = ASymPOConfig(output_dir=str(tmp_path), loss_type=loss_type, **{**settings, **overrides})
     dataset = Dataset.from_dict({"prompt": [f"{i}+{i}=" for i in range(16)]})
     return ASymPOTrainer(
-        model=tiny_model(len(tokenizer)),
+        model=tiny_model(len(tokenizer)) if model is None else model,
         reward_funcs=count_a,
         args=args,
         train_dataset=dataset,
@@ -100,14 +101,19 @@ def fixed_batch(B=6, P=4, T=5, seed=0):
     }
 
 
-def reference_logp(model, batch) -> torch.Tensor:
-    """Current-policy log-probs of the completion tokens, computed independently of TRL.  # [B, T]"""
+def reference_logits(model, batch) -> torch.Tensor:
+    """Logits predicting each completion token, computed independently of TRL.  # [B, T, V]"""
     ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
     attn = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)  # left padding: positions start at the first real token
     logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits.float()
     T = batch["completion_ids"].shape[1]
-    logp = torch.log_softmax(logits[:, -T - 1 : -1], dim=-1)
+    return logits[:, -T - 1 : -1]
+
+
+def reference_logp(model, batch) -> torch.Tensor:
+    """Current-policy log-probs of the completion tokens.  # [B, T]"""
+    logp = torch.log_softmax(reference_logits(model, batch), dim=-1)
     return logp.gather(-1, batch["completion_ids"][..., None]).squeeze(-1)
 
 
@@ -144,6 +150,41 @@ def test_loss_on_a_fixed_batch_equals_the_objective(tmp_path, loss_type, hparams
     assert logged["nll/ratio"][-1] == pytest.approx(ref_metrics["nll/ratio"], rel=1e-5)
     if loss_type == "asympo" and hparams["rescale"] == "none":
         assert float(loss.detach()) == pytest.approx(float(batch["advantages"].mean()), abs=1e-6)
+
+
+def test_kl_and_entropy_terms_match_policy_loss(tmp_path):
+    model_dir = tmp_path / "tiny"  # beta > 0: TRL loads its reference model from the model's path
+    tiny_model(len(tiny_tokenizer())).save_pretrained(model_dir)
+    trainer = make_trainer(tmp_path, "spo", model=str(model_dir), beta=0.1, entropy_coef=0.01)
+    model = trainer.model
+    model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    batch = fixed_batch()
+    batch["ref_per_token_logps"] = reference_logp(model, batch).detach() - 0.1 * torch.rand(6, 5)
+
+    loss = trainer.compute_loss(model, batch)
+
+    logits = reference_logits(model, batch)
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, batch["completion_ids"][..., None]).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    mask = batch["completion_mask"].float()
+    ref, metrics = policy_loss(
+        "spo",
+        logp,
+        mask,
+        batch["advantages"],
+        ref_logp=batch["ref_per_token_logps"],
+        kl_coef=0.1,
+        entropy=entropy,
+        entropy_coef=0.01,
+    )
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    assert metrics["kl/ref"] > 0
+    assert trainer._metrics["train"]["kl/ref"][-1] == pytest.approx(metrics["kl/ref"], rel=1e-4)
+    assert trainer._metrics["train"]["policy/entropy"][-1] == pytest.approx(
+        metrics["policy/entropy"], rel=1e-4
+    )
 
 
 def test_trains_a_few_steps_on_cpu(tmp_path):
