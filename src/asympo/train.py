@@ -208,6 +208,10 @@ def train(
 
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    if cfg.mode == "async" and cfg.model.device == "cpu":
+        # Leave the rollout workers their cores, so generation and training truly overlap.
+        busy = cfg.rollout.num_workers * cfg.rollout.threads
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - busy))
     model_path = resolve_model_path(cfg, progress=progress)
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
     dtype = getattr(torch, cfg.model.dtype)
