@@ -1,11 +1,236 @@
-"""The `asympo` command line: one subcommand per user task; `asympo <command> --help` documents each."""
+"""The `asympo` command line: one subcommand per user task; `asympo <command> --help` documents each.
+
+Errors in what the user asked for (unknown names, missing files, incompatible choices) are reported as one
+line `asympo: error: ...` with exit status 2, before any model is loaded or process started.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
+import time
+from pathlib import Path
 
 from asympo import __version__
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError)
+
+
+class UserError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+def _add_run_args(p: argparse.ArgumentParser, *, out_default: str | None) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", help="a named configuration (see --list-presets)")
+    src.add_argument("--config", metavar="FILE", help="a JSON config (e.g. a run's config.json)")
+    p.add_argument("--out", default=out_default, metavar="DIR", help="run directory")
+    p.add_argument("--steps", type=int, help="optimiser steps")
+    p.add_argument("--objective", help="naive | spo | asympo | grpo | gspo | cispo | pkg.module:function")
+    p.add_argument("--max-staleness", type=int, metavar="D", help="largest allowed staleness (versions)")
+    p.add_argument("--fixed-delay", type=int, metavar="D", help="train every batch exactly D versions late")
+    p.add_argument("--backend", choices=["local"], help="local (the default; a Ray backend is planned)")
+    p.add_argument("--mode", choices=["async", "sync"], help="async (default) or sync (generate, then train)")
+    p.add_argument(
+        "--model", metavar="PATH", help="HF model directory or hub id ('embedded' = built-in tiny model)"
+    )
+    p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field, e.g. --set learner.lr=3e-4 --set learner.hparams='{\"neg_scale\": 0.2}'",
+    )
+    p.add_argument(
+        "--help-config", action="store_true", help="list every config field with its default and meaning"
+    )
+    p.add_argument("--list-presets", action="store_true", help="list the presets")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace, default_preset: str | None = None):
+    from asympo.config import TrainConfig, apply_overrides, load_config_file
+    from asympo.presets import preset_dict
+
+    if args.config:
+        d = load_config_file(args.config)
+    elif args.preset or default_preset:
+        d = preset_dict(args.preset or default_preset)
+    else:
+        raise UserError("give --preset NAME or --config FILE (asympo train --list-presets shows the presets)")
+    sets = list(args.overrides)
+    direct = {
+        "out": args.out,
+        "steps": args.steps,
+        "learner.objective": args.objective,
+        "buffer.max_staleness": args.max_staleness,
+        "buffer.fixed_delay": args.fixed_delay,
+        "backend": args.backend,
+        "mode": args.mode,
+        "model.path": args.model,
+        "seed": args.seed,
+    }
+    for key, value in direct.items():
+        if value is not None:
+            sets.insert(0, f"{key}={json.dumps(value)}")
+    if args.objective is not None and "learner.hparams" not in " ".join(args.overrides):
+        sets.insert(0, "learner.hparams={}")  # a preset's hparams belong to the preset's objective
+    return TrainConfig.from_dict(apply_overrides(d, sets))
+
+
+def _print_config_help() -> None:
+    from asympo.config import describe
+
+    for key, default, doc in describe():
+        print(f"{key:28s} {default:22s} {doc}")
+
+
+def _print_presets() -> None:
+    from asympo.presets import PRESETS
+
+    for name, d in PRESETS.items():
+        print(f"{name:10s} {json.dumps(d)}")
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    if args.help_config:
+        _print_config_help()
+        return 0
+    if args.list_presets:
+        _print_presets()
+        return 0
+    from asympo.config import TrainConfig, load_config_file
+
+    if args.resume:
+        # The run's own config is the truth; the command line may only extend the step count.
+        if not args.out:
+            raise UserError("--resume needs --out DIR (the run to continue)")
+        config_path = Path(args.out, "config.json")
+        if not config_path.exists():
+            raise UserError(f"--resume: {args.out} holds no run (no config.json)")
+        d = load_config_file(config_path)
+        if args.steps is not None:
+            d["steps"] = args.steps
+        cfg = TrainConfig.from_dict(d)
+    else:
+        cfg = config_from_args(args)
+    from asympo.train import train
+
+    result = train(cfg, resume=args.resume, progress=not args.no_progress)
+    _print_result(result)
+    return 0
+
+
+def _print_result(result) -> None:
+    def fmt(x):
+        return "n/a" if x is None else f"{x:.3f}"
+
+    print(f"held-out pass@1: before {fmt(result.pass1_before)}  after {fmt(result.pass1_after)}")
+    print(f"wall time: {result.wall_s:.0f}s   run: {result.out}")
+    report = Path(result.out) / "report.html"
+    if report.exists():
+        print(f"report: {report}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.help_config:
+        _print_config_help()
+        return 0
+    cfg = config_from_args(args, default_preset="demo")
+    from asympo.train import train
+
+    out = Path(cfg.out)
+    if out.exists() and (out / "config.json").exists():
+        print(f"replacing the previous demo run in {out}", file=sys.stderr)
+        shutil.rmtree(out)
+    t0 = time.monotonic()
+    result = train(cfg, progress=not args.no_progress)
+    _print_result(result)
+    print(f"demo total (SFT warm-up included): {time.monotonic() - t0:.0f}s")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer
+
+    from asympo.engines.base import SamplingParams
+    from asympo.engines.torch import TorchEngine
+    from asympo.evaluate import evaluate
+    from asympo.rewards import get_reward
+
+    model = args.model
+    if model == "embedded":
+        from asympo.config import TrainConfig
+        from asympo.train import resolve_model_path
+
+        model = resolve_model_path(TrainConfig(), progress=True)
+    elif not Path(model).exists():
+        raise UserError(f"--model {model!r} does not exist")
+    elif not (Path(model) / "config.json").exists():
+        raise UserError(f"--model {model!r} is not a HF model directory (no config.json)")
+    if args.dataset in ("arith", "arithmetic"):
+        from asympo.data.arithmetic import ArithmeticConfig, arithmetic_problems
+
+        problems, reward = arithmetic_problems(ArithmeticConfig(), "test"), "arithmetic"
+    else:
+        from asympo.data import load_problems
+
+        tok = AutoTokenizer.from_pretrained(model)
+        problems = load_problems(args.dataset, "test", template=args.template, tokenizer=tok)
+        reward = "math"
+    if args.limit:
+        problems = problems[: args.limit]
+    engine = TorchEngine.from_pretrained(model, device=args.device)
+    sampling = SamplingParams(
+        temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed
+    )
+    res = evaluate(engine, problems, get_reward(reward), n=args.n, sampling=sampling)
+    print(
+        json.dumps({"model": str(model), "dataset": args.dataset, "problems": len(problems), **res}, indent=2)
+    )
+    return 0
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from asympo.study import STUDY_PRESETS, StudyConfig, run_study
+
+    if args.list_presets:
+        for name, st in STUDY_PRESETS.items():
+            labels = ", ".join(o.label for o in st.objectives)
+            print(
+                f"{name:10s} objectives: {labels}; staleness {st.staleness}; seeds {st.seeds}; lrs {st.lrs}"
+            )
+        return 0
+    if args.preset not in STUDY_PRESETS:
+        raise UserError(f"unknown study preset {args.preset!r}; valid: {', '.join(STUDY_PRESETS)}")
+    if not args.out:
+        raise UserError("asympo study needs --out DIR")
+    base = STUDY_PRESETS[args.preset]
+    study = StudyConfig(
+        objectives=base.objectives,
+        staleness=base.staleness,
+        seeds=args.seeds or base.seeds,
+        lrs=base.lrs,
+        base=base.base,
+        overrides=[*base.overrides, *([f"steps={args.steps}"] if args.steps else []), *args.overrides],
+        collapse_fraction=base.collapse_fraction,
+    )
+    t0 = time.monotonic()
+    path = run_study(study, args.out, parallel=args.parallel, progress=not args.no_progress)
+    print(f"results: {path}")
+    print(f"report: {Path(args.out) / 'report.html'}")
+    print(f"wall time: {time.monotonic() - t0:.0f}s")
+    return 0
 
 
 def _cmd_objectives(args: argparse.Namespace) -> int:
@@ -18,6 +243,9 @@ def _cmd_objectives(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="asympo",
@@ -25,18 +253,97 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"asympo {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "demo",
+        help="the embedded default: SFT warm-up, async ASymPO, report (minutes on a CPU)",
+        description="Train the built-in tiny model with asynchronous ASymPO and write a report.",
+    )
+    _add_run_args(p, out_default=None)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "train",
+        help="train with a preset or config file",
+        description="Train a policy. Writes DIR/metrics.jsonl, eval.jsonl, config.json, checkpoints/.",
+    )
+    _add_run_args(p, out_default=None)
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
+    )
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "eval",
+        help="held-out pass@1 / pass@k of a model, with the training reward code",
+        description="Evaluate a model on gsm8k, math500 or the arithmetic task.",
+    )
+    p.add_argument("--model", required=True, help="HF model directory (a checkpoint dir works) or 'embedded'")
+    p.add_argument("--dataset", required=True, choices=["gsm8k", "math500", "arith", "arithmetic"])
+    p.add_argument("--n", type=int, default=1, help="samples per problem (pass@k for k <= n)")
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N problems (0 = all)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--template", choices=["plain", "chat"], default="plain")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser(
+        "study",
+        help="objective x staleness x seed grid: results.csv, plots, report.html",
+        description="Run a study grid in the deterministic fixed-delay mode (resumable: finished "
+        "cells are skipped). Collapse = final held-out pass@1 below half its start.",
+    )
+    p.add_argument("--preset", default="smoke", help="smoke | staleness | lr (see --list-presets)")
+    p.add_argument("--out", metavar="DIR", help="study directory")
+    p.add_argument("--parallel", type=int, default=2, help="cells run at once (processes)")
+    p.add_argument("--steps", type=int, help="override every cell's optimiser steps")
+    p.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field of every cell's config",
+    )
+    p.add_argument("--list-presets", action="store_true", help="list the study presets")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_study)
+
+    # Listed here for `asympo --help`; `main` hands `asympo report ...` to asympo.report.main.
+    sub.add_parser(
+        "report", help="plots (PNG) and report.html for a run or study directory (asympo report DIR)"
+    )
+
     p = sub.add_parser("objectives", help="list the built-in objectives and their hyperparameters")
     p.set_defaults(func=_cmd_objectives)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["report"]:  # the report command parses its own arguments (and --help)
+        from asympo.report import main as report_main
+
+        return report_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"asympo: error: {e}", file=sys.stderr)
+        return 2
+    except USER_ERRORS as e:
+        print(f"asympo: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("asympo: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

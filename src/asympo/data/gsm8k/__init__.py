@@ -1,0 +1,1 @@
+"""GSM8K (Cobbe et al. 2021), MIT license: the train and test JSONL files, unchanged. See SOURCES.md."""

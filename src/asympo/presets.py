@@ -1,0 +1,54 @@
+"""Named run configurations (`asympo train --preset NAME`); each is a dict of overrides of TrainConfig's
+defaults, so the dataclasses stay the one source of truth for every field and its documentation."""
+
+from __future__ import annotations
+
+from asympo.config import TrainConfig
+
+PRESETS: dict[str, dict] = {
+    # The embedded default: tiny model, SFT warm-up, asynchronous ASymPO with real staleness on 2 CPU cores.
+    "demo": {
+        "out": "runs/demo",
+        "steps": 60,
+        "mode": "async",
+        "checkpoint_every": 20,
+        "rollout": {"prompts_per_step": 16, "group_size": 8, "max_new_tokens": 8, "num_workers": 1},
+        "buffer": {"max_staleness": 4, "policy": "wait"},
+        "learner": {"objective": "asympo", "lr": 2e-4},
+        "eval": {"every": 20, "limit": 200, "n": 4},
+    },
+    # A real model on GSM8K (GPU machine; the weights must be available locally or in the HF cache).
+    "gsm8k": {
+        "out": "runs/gsm8k",
+        "steps": 200,
+        "mode": "async",
+        "model": {"path": "Qwen/Qwen3-0.6B", "dtype": "bfloat16", "device": "cuda"},
+        "task": {"name": "gsm8k", "template": "chat"},
+        "rollout": {
+            "engine": "torch",
+            "prompts_per_step": 32,
+            "group_size": 8,
+            "max_new_tokens": 512,
+            "reward_workers": 2,
+            "reward_timeout_s": 5.0,
+            "max_prompts_per_call": 32,
+        },
+        "buffer": {"max_staleness": 4, "policy": "wait"},
+        "learner": {"objective": "asympo", "lr": 1e-6, "micro_batch_size": 16, "warmup_steps": 10},
+        "eval": {"every": 50, "limit": 500, "n": 1, "temperature": 0.0},
+    },
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def preset_dict(name: str) -> dict:
+    """The full config dict of preset `name` (defaults merged with the preset's overrides)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(sorted(PRESETS))}")
+    return _merge(TrainConfig().to_dict(), PRESETS[name])

@@ -1,0 +1,129 @@
+"""The `Backend` protocol that the training loop drives, and what every backend shares.
+
+A backend owns the rollout side of a run: the prompt scheduler, the rollout workers, the weight transport
+and the staleness buffer. The learner only calls `start`, `next_batch`, `publish`, `state_dict` and
+`close`; the local (inline or processes) and Ray backends satisfy the same protocol and pass the same tests.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from asympo.engines.base import SamplingParams
+
+from asympo.runtime.buffer import BufferConfig, StalenessBuffer
+from asympo.runtime.records import Batch, DropRecord, RolloutGroup
+from asympo.runtime.scheduler import PromptScheduler
+from asympo.runtime.sync import State
+from asympo.runtime.worker import RolloutWorker, Scorer
+
+
+class Backend(Protocol):
+    def start(self, state: State, version: int) -> None:
+        """Start the rollout side with the learner's initial weights."""
+
+    def publish(self, state: State, version: int) -> None:
+        """Make weights `version` available to the rollout workers."""
+
+    def next_batch(self, learner_version: int, n_groups: int) -> Batch:
+        """Block until `n_groups` groups may be trained on at `learner_version`."""
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume without losing a prompt (JSON-serialisable)."""
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore before `start`."""
+
+    def metrics(self) -> dict[str, float]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a rollout worker needs to build itself, in-process or in another process (picklable)."""
+
+    engine: str
+    model_path: str
+    sampling: SamplingParams
+    reward: str
+    engine_kwargs: dict = field(default_factory=dict)
+    reward_workers: int = 0
+    reward_timeout_s: float = 5.0
+    threads: int = 1
+
+
+def make_scorer(reward: str, num_workers: int = 0, timeout_s: float = 5.0) -> Scorer:
+    """A scorer over the named reward function, run in a process pool with timeouts when num_workers > 0."""
+    from asympo.rewards.pool import RewardPool, RewardPoolConfig
+
+    pool = RewardPool(reward, RewardPoolConfig(num_workers=num_workers, timeout_s=timeout_s))
+
+    def score(completions: list[str], references: list[str]) -> tuple[list[float], dict[str, int]]:
+        result = pool.score_batch(completions, references)
+        return result.rewards, {"timeouts": result.timeouts, "errors": result.errors}
+
+    return score
+
+
+def build_worker(spec: WorkerSpec, worker_id: int = 0) -> RolloutWorker:
+    from asympo.engines import make_engine
+
+    engine = make_engine(spec.engine, model=spec.model_path, **spec.engine_kwargs)
+    if spec.sampling.return_logprobs and not engine.supports_logprobs:
+        raise ValueError(f"engine {spec.engine!r} cannot return the log-probs this objective needs")
+    scorer = make_scorer(spec.reward, spec.reward_workers, spec.reward_timeout_s)
+    return RolloutWorker(engine, scorer, spec.sampling, worker_id=worker_id)
+
+
+class BackendBase:
+    """Scheduler + buffer bookkeeping shared by the backends."""
+
+    def __init__(self, scheduler: PromptScheduler, buffer_cfg: BufferConfig):
+        self.scheduler = scheduler
+        self.buffer_cfg = buffer_cfg
+        self.lock = threading.RLock()
+        self.buffer = StalenessBuffer(buffer_cfg, on_drop=self._on_drop)
+        self.drop_reasons: Counter[str] = Counter()
+        self.reward_timeouts = 0
+        self.reward_errors = 0
+        self.restarts = 0  # rollout workers restarted after dying
+
+    def _on_drop(self, rec: DropRecord, learner_version: int) -> None:
+        with self.lock:
+            self.drop_reasons[rec.reason] += 1
+            self.scheduler.replace_dropped(learner_version)
+
+    def _arrived(self, group: RolloutGroup) -> None:
+        with self.lock:
+            self.scheduler.done(group.group_id)
+            self.reward_timeouts += group.reward_timeouts
+            self.reward_errors += group.reward_errors
+            self.buffer.put(group)
+
+    def state_dict(self) -> dict:
+        with self.lock:
+            return {
+                "scheduler": self.scheduler.state_dict(),
+                "buffer": [g.to_json() for g in self.buffer.pending()],
+                "drop_reasons": dict(self.drop_reasons),
+            }
+
+    def load_state_dict(self, state: dict) -> None:
+        with self.lock:
+            self.scheduler.load_state_dict(state["scheduler"])
+            for g in state["buffer"]:
+                self.buffer.put(RolloutGroup.from_json(g))
+            self.drop_reasons.update(state.get("drop_reasons", {}))
+
+    def metrics(self) -> dict[str, float]:
+        with self.lock:
+            out = {f"dropped/{k}": float(v) for k, v in self.drop_reasons.items()}
+            out["reward/timeouts"] = float(self.reward_timeouts)
+            out["reward/errors"] = float(self.reward_errors)
+            out["buffer/size"] = float(len(self.buffer))
+            out["workers/restarts"] = float(self.restarts)
+            return out

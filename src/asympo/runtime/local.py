@@ -1,0 +1,236 @@
+"""The local backend: everything on one machine.
+
+- `InlineBackend` (`mode="sync"`): generation runs in the learner's process, on demand, with a separate
+  copy of the weights. Without `fixed_delay` it is classic synchronous RL (generate, then train, staleness
+  0); with `fixed_delay=d` it generates each batch with the weights of d versions ago (exact, deterministic
+  staleness: what the study uses).
+- `ProcessBackend` (`mode="async"`): rollout workers are separate processes that generate continuously
+  with the newest weights they may use, while the learner trains; a dispatcher thread in the learner's
+  process issues prompts, collects groups into the staleness buffer, and restarts a worker that dies
+  (its prompts are re-queued).
+
+Both satisfy the `Backend` protocol (`asympo.runtime.backend`).
+"""
+
+from __future__ import annotations
+
+import queue as queue_mod
+import threading
+import time
+import traceback
+from collections import deque
+
+import torch
+
+from asympo.runtime.backend import BackendBase, WorkerSpec, build_worker
+from asympo.runtime.buffer import BufferConfig
+from asympo.runtime.records import Batch, PromptTask
+from asympo.runtime.scheduler import PromptScheduler
+from asympo.runtime.sync import InProcessSync, State, drain, snapshot
+
+
+class InlineBackend(BackendBase):
+    """Generate in the learner's process when the learner asks for a batch."""
+
+    def __init__(self, spec: WorkerSpec, scheduler: PromptScheduler, buffer_cfg: BufferConfig):
+        super().__init__(scheduler, buffer_cfg)
+        self.worker = build_worker(spec, worker_id=0)
+        keep = (buffer_cfg.fixed_delay or 0) + 1
+        self.sync = InProcessSync(self.worker.store, keep=keep)
+        self._waiting: deque[PromptTask] = deque()
+
+    def start(self, state: State, version: int) -> None:
+        self.publish(state, version)
+
+    def publish(self, state: State, version: int) -> None:
+        self.sync.publish(state, version)
+
+    def next_batch(self, learner_version: int, n_groups: int) -> Batch:
+        t0 = time.monotonic()
+        while True:
+            batch = self.buffer.try_get_batch(n_groups, learner_version)
+            if batch is not None:
+                batch.time_wait = time.monotonic() - t0
+                return batch
+            with self.lock:
+                self._waiting.extend(self.scheduler.issue(learner_version))
+            # Only what this step needs is generated now; later steps' tasks wait their turn.
+            now = [t for t in self._waiting if t.batch_index <= learner_version and self.worker.ready(t)]
+            if not now:
+                raise RuntimeError(
+                    f"no rollout can be generated for step {learner_version}: "
+                    f"{len(self._waiting)} tasks wait for weights that were never published"
+                )
+            for t in now:
+                self._waiting.remove(t)
+            for group in self.worker.run(now):
+                self._arrived(group)
+
+    def close(self) -> None:
+        self.buffer.close("backend closed")
+
+
+def _worker_main(spec: WorkerSpec, worker_id: int, task_q, weight_q, result_q, max_tasks: int) -> None:
+    """Rollout worker process: take tasks, wait for the weights they need, generate, send groups back."""
+    try:
+        torch.set_num_threads(spec.threads)
+        worker = build_worker(spec, worker_id)
+        pending: list[PromptTask] = []
+        while True:
+            drain(weight_q, worker.store)
+            try:
+                while True:
+                    task = task_q.get(block=not pending, timeout=0.05)
+                    if task is None:
+                        return
+                    pending.append(task)
+            except queue_mod.Empty:
+                pass
+            ready = [t for t in pending if worker.ready(t)][:max_tasks]
+            if not ready:
+                drain(weight_q, worker.store, block=True, timeout=0.05)
+                continue
+            for t in ready:
+                pending.remove(t)
+            result_q.put(("groups", worker_id, worker.run(ready)))
+    except KeyboardInterrupt:
+        pass
+    except BaseException:
+        result_q.put(("error", worker_id, traceback.format_exc()))
+
+
+class _WorkerHandle:
+    def __init__(self, ctx, spec: WorkerSpec, worker_id: int, result_q, max_tasks: int):
+        self.id = worker_id
+        self.task_q = ctx.Queue()
+        self.weight_q = ctx.Queue()
+        self.outstanding: set[int] = set()
+        self.process = ctx.Process(
+            target=_worker_main,
+            args=(spec, worker_id, self.task_q, self.weight_q, result_q, max_tasks),
+            name=f"asympo-rollout-{worker_id}",
+            daemon=True,
+        )
+        self.process.start()
+
+
+class ProcessBackend(BackendBase):
+    """Rollout worker processes generating while the learner trains."""
+
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        scheduler: PromptScheduler,
+        buffer_cfg: BufferConfig,
+        *,
+        num_workers: int = 1,
+        max_tasks_per_call: int = 16,
+        batch_timeout_s: float = 1800.0,
+    ):
+        super().__init__(scheduler, buffer_cfg)
+        if num_workers < 1:
+            raise ValueError(f"rollout.num_workers must be >= 1, got {num_workers}")
+        self.spec = spec
+        self.num_workers = num_workers
+        self.max_tasks = max_tasks_per_call
+        self.batch_timeout_s = batch_timeout_s
+        self._ctx = torch.multiprocessing.get_context("spawn")
+        self._result_q = self._ctx.Queue()
+        self.workers: list[_WorkerHandle] = []
+        self._history: dict[int, State] = {}  # published versions a (re)started worker may still need
+        self._learner_version = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, state: State, version: int) -> None:
+        self.workers = [
+            _WorkerHandle(self._ctx, self.spec, i, self._result_q, self.max_tasks)
+            for i in range(self.num_workers)
+        ]
+        self.publish(state, version)
+        self._thread = threading.Thread(target=self._dispatch_loop, name="asympo-dispatch", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        for w in self.workers:
+            try:
+                w.task_q.put(None)
+            except (OSError, ValueError):
+                pass
+        for w in self.workers:
+            w.process.join(timeout=10)
+            if w.process.is_alive():
+                w.process.kill()
+                w.process.join(timeout=5)
+        self.buffer.close("backend closed")
+
+    # ------------------------------------------------------------------ learner side
+
+    def publish(self, state: State, version: int) -> None:
+        shared = snapshot(state, share_memory=True)
+        with self.lock:
+            self._history[version] = shared
+            keep_from = version - (self.buffer_cfg.fixed_delay or 0)
+            for v in [v for v in self._history if v < keep_from]:
+                del self._history[v]
+            for w in self.workers:
+                w.weight_q.put((version, shared))
+            self._learner_version = version
+
+    def next_batch(self, learner_version: int, n_groups: int) -> Batch:
+        with self.lock:
+            self._learner_version = learner_version
+        batch = self.buffer.get_batch(n_groups, learner_version, timeout=self.batch_timeout_s)
+        return batch
+
+    # ------------------------------------------------------------------ dispatcher thread
+
+    def _dispatch_loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._issue()
+                self._collect()
+                self._watch_workers()
+        except BaseException:
+            self.buffer.close("rollout dispatcher failed:\n" + traceback.format_exc())
+
+    def _issue(self) -> None:
+        with self.lock:
+            tasks = self.scheduler.issue(self._learner_version)
+            for t in tasks:
+                w = min(self.workers, key=lambda w: len(w.outstanding))
+                w.outstanding.add(t.group_id)
+                w.task_q.put(t)
+
+    def _collect(self) -> None:
+        try:
+            kind, worker_id, payload = self._result_q.get(timeout=0.05)
+        except queue_mod.Empty:
+            return
+        if kind == "error":
+            self.buffer.close(f"rollout worker {worker_id} failed:\n{payload}")
+            self._stop.set()
+            return
+        for group in payload:
+            with self.lock:
+                self.workers[worker_id].outstanding.discard(group.group_id)
+            self._arrived(group)
+
+    def _watch_workers(self) -> None:
+        for i, w in enumerate(self.workers):
+            if w.process.is_alive() or self._stop.is_set():
+                continue
+            # A dead worker: restart it, re-queue its prompts, and give it the weights it may need.
+            with self.lock:
+                lost = sorted(w.outstanding)
+                self.scheduler.requeue(lost)
+                self.restarts += 1
+                new = _WorkerHandle(self._ctx, self.spec, i, self._result_q, self.max_tasks)
+                for v in sorted(self._history):
+                    new.weight_q.put((v, self._history[v]))
+                self.workers[i] = new

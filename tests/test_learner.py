@@ -1,0 +1,159 @@
+"""The learner step: alignment of masks and log-probs, micro-batching, the pos/neg gradient split, learning."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from asympo.learner import Learner, LearnerConfig, collate
+from asympo.runtime.records import Batch, RolloutGroup, Sample
+
+
+def tiny_model(seed=0):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(
+        vocab_size=20,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return Qwen2ForCausalLM(cfg)
+
+
+GOOD, BAD = [5, 6, 7, 1], [8, 9, 1]
+
+
+def make_batch(version=0, behavior_model=None, n_groups=2, G=4, stale=0):
+    groups = []
+    for g in range(n_groups):
+        prompt = [2, 3 + g]
+        samples = []
+        for i in range(G):
+            resp = GOOD if i % 2 == 0 else BAD
+            blp = None
+            if behavior_model is not None:
+                ids = torch.tensor([prompt + resp])
+                with torch.no_grad():
+                    lp = torch.log_softmax(behavior_model(input_ids=ids).logits[0, :-1], -1)
+                blp = [lp[len(prompt) - 1 + j, t].item() for j, t in enumerate(resp)]
+            samples.append(
+                Sample(prompt, list(resp), "", 1.0 if i % 2 == 0 else 0.0, "stop", version - stale, blp)
+            )
+        groups.append(RolloutGroup(g, f"p{g}", "", version, version - stale, samples))
+    return Batch(groups, version)
+
+
+def seq_logp(model, prompt, resp):
+    ids = torch.tensor([prompt + resp])
+    with torch.no_grad():
+        lp = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)
+    return sum(lp[len(prompt) - 1 + j, t].item() for j, t in enumerate(resp))
+
+
+def test_collate_aligns_response_tokens():
+    samples = [
+        Sample([1, 2, 3], [4, 5], "", 0, "stop", 0, [-0.1, -0.2]),
+        Sample([1], [6, 7, 8], "", 0, "stop", 0, [-1, -2, -3]),
+    ]
+    ids, attn, mask, blp = collate(samples, pad_id=0)
+    assert ids.tolist() == [[1, 2, 3, 4, 5], [1, 6, 7, 8, 0]]
+    assert attn.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
+    # column t scores token t+1
+    assert mask.tolist() == [[0, 0, 1, 1], [1, 1, 1, 0]]
+    torch.testing.assert_close(blp, torch.tensor([[0, 0, -0.1, -0.2], [-1, -2, -3, 0]]))
+    with pytest.raises(ValueError, match="no prompt tokens"):
+        collate([Sample([], [1], "", 0, "stop", 0)], pad_id=0)
+
+
+@pytest.mark.parametrize("objective", ["asympo", "naive", "spo", "grpo", "cispo"])
+def test_steps_raise_the_rewarded_response(objective):
+    model = tiny_model()
+    learner = Learner(model, LearnerConfig(objective=objective, lr=3e-3), pad_id=0)
+    before = seq_logp(model, [2, 3], GOOD) - seq_logp(model, [2, 3], BAD)
+    for v in range(8):
+        behavior = copy.deepcopy(model) if learner.cfg.needs_behavior_logp else None
+        m = learner.step(make_batch(v, behavior))
+        assert m["reward/mean"] == 0.5 and m["staleness/max"] == 0 and m["guard/skipped"] == 0
+    after = seq_logp(model, [2, 3], GOOD) - seq_logp(model, [2, 3], BAD)
+    assert after > before + 1.0, (objective, before, after)
+    assert learner.version == 8
+
+
+def test_metrics_schema_and_staleness():
+    learner = Learner(tiny_model(), LearnerConfig(), pad_id=0)
+    m = learner.step(make_batch(version=0, stale=0))
+    m = learner.step(make_batch(version=1, stale=1))
+    for key in (
+        "reward/mean",
+        "reward/std",
+        "staleness/mean",
+        "staleness/max",
+        "nll/pos",
+        "nll/neg",
+        "nll/ratio",
+        "loss/pos",
+        "loss/neg",
+        "loss/total",
+        "grad/norm",
+        "grad/norm_pos",
+        "grad/norm_neg",
+        "policy/entropy",
+        "batch/zero_adv_groups",
+        "time/train",
+    ):
+        assert key in m and m[key] is not None, key
+    assert m["staleness/mean"] == 1 and m["staleness/hist"] == [0, 8]
+    assert m["loss/total"] == pytest.approx(0.0, abs=1e-6)  # asympo's value is mean(A) = 0
+    assert m["nll/ratio"] == pytest.approx(m["nll/neg"] / m["nll/pos"])
+
+
+def _grads_after_step(cfg, batch):
+    model = tiny_model()
+    learner = Learner(model, cfg, pad_id=0)
+    learner.opt.step = lambda *a, **k: None  # keep the weights; inspect the gradients
+    m = learner.step(batch)
+    return [p.grad.clone() for p in learner.params], m
+
+
+def test_split_and_micro_batches_give_the_same_gradient():
+    batch = make_batch()
+    base = dict(objective="asympo", max_grad_norm=0.0)
+    g_plain, _ = _grads_after_step(LearnerConfig(**base, grad_split_every=0), batch)
+    g_split, m = _grads_after_step(LearnerConfig(**base, grad_split_every=1), batch)
+    g_micro, _ = _grads_after_step(LearnerConfig(**base, grad_split_every=0, micro_batch_size=3), batch)
+    for a, b, c in zip(g_plain, g_split, g_micro):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-7)
+    total = math.sqrt(sum(float((g**2).sum()) for g in g_plain))
+    assert m["grad/norm"] == pytest.approx(total, rel=1e-5)
+    assert m["grad/norm_pos"] > 0 and m["grad/norm_neg"] > 0
+
+
+def test_nan_guard_skips_the_update():
+    model = tiny_model()
+    learner = Learner(model, LearnerConfig(objective="naive"), pad_id=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    batch = make_batch()
+    batch.groups[0].samples[0].reward = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        learner.step(batch)  # bad rewards are refused outright
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = float("nan")
+    m = learner.step(make_batch())
+    assert m["guard/skipped"] == 1.0
+    for p, b in zip(list(model.parameters())[:-1], before[:-1]):
+        assert torch.equal(p, b) or torch.isnan(p).any()
+
+
+def test_behavior_corrected_objective_needs_behavior_logp():
+    learner = Learner(tiny_model(), LearnerConfig(objective="grpo"), pad_id=0)
+    with pytest.raises(ValueError, match="needs behavior log-probs"):
+        learner.step(make_batch())
