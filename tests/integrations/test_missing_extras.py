@@ -41,3 +41,21 @@ def test_unsupported_version_is_named(monkeypatch, package, module, minimum, bel
         importlib.import_module(module)
     assert f"supports {package}>={minimum},<{below}" in str(err.value)
     assert f"pip install 'asympo[{package}]'" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "version, accepted",
+    [("0.9.0", True), ("0.9.1", True), ("0.9.2.post1", True), ("0.8.9", False), ("0.10.0", False),
+     ("0.10.0.dev1", False), ("unknown", False)],
+)  # fmt: skip
+def test_version_range_for_verl(monkeypatch, version, accepted):
+    from asympo.integrations import require
+
+    fake = types.ModuleType("fake_framework")
+    fake.__version__ = version
+    monkeypatch.setitem(sys.modules, "fake_framework", fake)
+    if accepted:
+        assert require("fake_framework", extra="verl", minimum="0.9", below="0.10", module="m") is fake
+    else:
+        with pytest.raises(ImportError, match=rf"fake_framework {version} is installed"):
+            require("fake_framework", extra="verl", minimum="0.9", below="0.10", module="m")
