@@ -194,7 +194,10 @@ def test_reward_that_cannot_load_fails_loudly():
 
 def test_worker_that_never_gets_ready_fails_loudly():
     config = RewardPoolConfig(
-        num_workers=1, preload=("tests.test_reward_pool:never_ready",), startup_timeout_s=1.0, max_start_failures=1
+        num_workers=1,
+        preload=("tests.test_reward_pool:never_ready",),
+        startup_timeout_s=1.0,
+        max_start_failures=1,
     )
     start = time.monotonic()
     with RewardPool(exact_reward, config) as p, pytest.raises(RuntimeError, match=r"not ready after 1\.0 s"):
