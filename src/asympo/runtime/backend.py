@@ -7,13 +7,13 @@ and the staleness buffer. The learner only calls `start`, `next_batch`, `publish
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from asympo.engines.base import SamplingParams
-
 from asympo.runtime.buffer import BufferConfig, StalenessBuffer
 from asympo.runtime.records import Batch, DropRecord, RolloutGroup
 from asympo.runtime.scheduler import PromptScheduler
@@ -54,6 +54,8 @@ class WorkerSpec:
     reward_workers: int = 0
     reward_timeout_s: float = 5.0
     threads: int = 1
+    keep_versions: int = 1
+    """Weight versions a worker holds; the backends set it from the buffer config (`worker_spec`)."""
 
 
 def make_scorer(reward: str, num_workers: int = 0, timeout_s: float = 5.0) -> Scorer:
@@ -69,6 +71,12 @@ def make_scorer(reward: str, num_workers: int = 0, timeout_s: float = 5.0) -> Sc
     return score
 
 
+def worker_spec(spec: WorkerSpec, buffer_cfg: BufferConfig) -> WorkerSpec:
+    """`spec` with the weight history its workers must keep: fixed-delay tasks (re-queued ones included)
+    ask for exact versions up to `fixed_delay` behind the newest."""
+    return dataclasses.replace(spec, keep_versions=(buffer_cfg.fixed_delay or 0) + 1)
+
+
 def build_worker(spec: WorkerSpec, worker_id: int = 0) -> RolloutWorker:
     from asympo.engines import make_engine
 
@@ -76,7 +84,7 @@ def build_worker(spec: WorkerSpec, worker_id: int = 0) -> RolloutWorker:
     if spec.sampling.return_logprobs and not engine.supports_logprobs:
         raise ValueError(f"engine {spec.engine!r} cannot return the log-probs this objective needs")
     scorer = make_scorer(spec.reward, spec.reward_workers, spec.reward_timeout_s)
-    return RolloutWorker(engine, scorer, spec.sampling, worker_id=worker_id)
+    return RolloutWorker(engine, scorer, spec.sampling, worker_id=worker_id, keep_versions=spec.keep_versions)
 
 
 class BackendBase:

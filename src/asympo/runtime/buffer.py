@@ -101,20 +101,26 @@ class StalenessBuffer:
         t0 = time.monotonic()
         deadline = None if timeout is None else t0 + timeout
         dropped: list[DropRecord] = []
-        with self._cond:
-            while True:
-                ready = self._try_take(n_groups, learner_version, dropped)
-                if ready is not None:
-                    return Batch(ready, learner_version, time.monotonic() - t0, dropped)
-                if self._closed:
-                    raise BufferClosed(self._closed)
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise TimeoutError(
-                        f"no batch of {n_groups} groups for learner version {learner_version} "
-                        f"after {timeout:.0f}s ({len(self._groups)} groups buffered)"
-                    )
-                self._cond.wait(remaining)
+        while True:
+            with self._cond:
+                new_drops, ready = self._try_take(n_groups, learner_version)
+                if not new_drops and ready is None:
+                    if self._closed:
+                        raise BufferClosed(self._closed)
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise TimeoutError(
+                            f"no batch of {n_groups} groups for learner version {learner_version} "
+                            f"after {timeout:.0f}s ({len(self._groups)} groups buffered)"
+                        )
+                    self._cond.wait(remaining)
+                    continue
+            # Callbacks run outside the lock: they take the backend's lock, which the dispatcher holds
+            # while it puts groups in here (the other order would deadlock).
+            self._notify(new_drops, learner_version)
+            dropped += new_drops
+            if ready is not None:
+                return Batch(ready, learner_version, time.monotonic() - t0, dropped)
 
     def try_get_batch(self, n_groups: int, learner_version: int) -> Batch | None:
         """Like `get_batch` but returns None at once when the batch is not complete."""
@@ -123,22 +129,25 @@ class StalenessBuffer:
                 f"learner versions must not decrease: got {learner_version} after {self._last_version}"
             )
         self._last_version = learner_version
-        dropped: list[DropRecord] = []
         with self._cond:
-            ready = self._try_take(n_groups, learner_version, dropped)
+            dropped, ready = self._try_take(n_groups, learner_version)
+        self._notify(dropped, learner_version)
         return None if ready is None else Batch(ready, learner_version, 0.0, dropped)
 
-    def _try_take(self, n: int, v: int, dropped: list[DropRecord]) -> list[RolloutGroup] | None:
-        for rec in self._drop_stale(v):
-            dropped.append(rec)
-            self.dropped.append(rec)
-            if self.on_drop is not None:
+    def _notify(self, dropped: list[DropRecord], v: int) -> None:
+        if self.on_drop is not None:
+            for rec in dropped:
                 self.on_drop(rec, v)
+
+    def _try_take(self, n: int, v: int) -> tuple[list[DropRecord], list[RolloutGroup] | None]:
+        """(groups dropped now, the batch or None); call with the lock held."""
+        dropped = self._drop_stale(v)
+        self.dropped += dropped
         ready = self._select(n, v)
         if ready is not None:
             for g in ready:
                 self._groups.remove(g)
-        return ready
+        return dropped, ready
 
     def _drop_stale(self, v: int) -> list[DropRecord]:
         if self.cfg.fixed_delay is not None:

@@ -22,7 +22,7 @@ from collections import deque
 
 import torch
 
-from asympo.runtime.backend import BackendBase, WorkerSpec, build_worker
+from asympo.runtime.backend import BackendBase, WorkerSpec, build_worker, worker_spec
 from asympo.runtime.buffer import BufferConfig
 from asympo.runtime.records import Batch, PromptTask
 from asympo.runtime.scheduler import PromptScheduler
@@ -34,7 +34,7 @@ class InlineBackend(BackendBase):
 
     def __init__(self, spec: WorkerSpec, scheduler: PromptScheduler, buffer_cfg: BufferConfig):
         super().__init__(scheduler, buffer_cfg)
-        self.worker = build_worker(spec, worker_id=0)
+        self.worker = build_worker(worker_spec(spec, buffer_cfg), worker_id=0)
         keep = (buffer_cfg.fixed_delay or 0) + 1
         self.sync = InProcessSync(self.worker.store, keep=keep)
         self._waiting: deque[PromptTask] = deque()
@@ -129,14 +129,16 @@ class ProcessBackend(BackendBase):
         num_workers: int = 1,
         max_tasks_per_call: int = 16,
         batch_timeout_s: float = 1800.0,
+        max_restarts: int = 3,
     ):
         super().__init__(scheduler, buffer_cfg)
         if num_workers < 1:
             raise ValueError(f"rollout.num_workers must be >= 1, got {num_workers}")
-        self.spec = spec
+        self.spec = worker_spec(spec, buffer_cfg)
         self.num_workers = num_workers
         self.max_tasks = max_tasks_per_call
         self.batch_timeout_s = batch_timeout_s
+        self.max_restarts = max_restarts  # per worker; a worker that keeps dying stops the run
         self._ctx = torch.multiprocessing.get_context("spawn")
         self.workers: list[_WorkerHandle] = []
         self._history: dict[int, State] = {}  # published versions a (re)started worker may still need
@@ -232,6 +234,13 @@ class ProcessBackend(BackendBase):
             if w.process.is_alive() or self._stop.is_set():
                 continue
             # A dead worker: restart it, re-queue its prompts, and give it the weights it may need.
+            if self.restarts >= self.max_restarts * self.num_workers:
+                self.buffer.close(
+                    f"rollout worker {i} died (exit code {w.process.exitcode}) after {self.restarts} restarts "
+                    "already; giving up (see its output above)"
+                )
+                self._stop.set()
+                return
             with self.lock:
                 lost = sorted(w.outstanding)
                 self.scheduler.requeue(lost)

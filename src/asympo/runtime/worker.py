@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from asympo.engines.base import Engine, SamplingParams
-
 from asympo.runtime.records import PromptTask, RolloutGroup, Sample
 from asympo.runtime.sync import WeightStore
 
@@ -26,12 +25,16 @@ class RolloutWorker:
         *,
         worker_id: int = 0,
         store: WeightStore | None = None,
+        keep_versions: int = 1,
     ):
         self.engine = engine
         self.scorer = scorer
         self.sampling = sampling
         self.worker_id = worker_id
         self.store = store if store is not None else WeightStore()
+        # How many recent versions to hold: fixed-delay tasks (re-queued ones included) ask for exact
+        # older versions, up to fixed_delay behind the newest.
+        self.keep_versions = keep_versions
 
     def ready(self, task: PromptTask) -> bool:
         return self.store.select(task) is not None
@@ -52,8 +55,7 @@ class RolloutWorker:
         for version in sorted(by_version):
             self._load(version)
             out += self._generate(by_version[version])
-        # Versions older than anything a future task can ask for are dropped to free memory.
-        self.store.prune(min(by_version))
+        self.store.prune(self.store.newest - self.keep_versions + 1)
         return out
 
     def _generate(self, tasks: list[PromptTask]) -> list[RolloutGroup]:
