@@ -171,12 +171,13 @@ _RemoteRolloutActor = ray.remote(max_restarts=0, max_task_retries=0)(RolloutActo
 
 @dataclass
 class _Slot:
-    """One rollout actor and the call it is running."""
+    """One rollout actor, the call it is running and the newest weight version it was handed."""
 
     index: int
     actor: object
     call: object | None = None  # ObjectRef of the running `generate`
     tasks: list[PromptTask] = field(default_factory=list)
+    newest: int = -1
 
 
 # ---------------------------------------------------------------------------------------------- backend
@@ -263,14 +264,11 @@ class RayBackend(BackendBase):
 
     def publish(self, state: State, version: int) -> None:
         # `ray.put` serialises at once, so later optimiser steps cannot change what was published; only
-        # GPU tensors need a copy (to the CPU) first.
+        # GPU tensors need a copy (to the CPU) first. Actors get the reference with their next call.
         ref = ray.put({k: v.detach().to("cpu") for k, v in state.items()})
-        with self.lock:  # an actor must get every version before any task that needs it
+        with self.lock:
             self._history.add(version, ref)
-            keep_from = version - (self.buffer_cfg.fixed_delay or 0)
-            self._history.prune(keep_from)
-            for s in self.slots:
-                s.actor.add_weights.remote(version, [ref], keep_from)
+            self._history.prune(version - (self.buffer_cfg.fixed_delay or 0))
             self._learner_version = version
 
     def next_batch(self, learner_version: int, n_groups: int) -> Batch:
@@ -307,8 +305,21 @@ class RayBackend(BackendBase):
                     break
                 sent = {t.group_id for t in chunk}
                 self._waiting = [t for t in self._waiting if t.group_id not in sent]
+                self._hand_weights(s)
                 s.tasks = chunk
                 s.call = s.actor.generate.remote(chunk)
+
+    def _hand_weights(self, slot: _Slot) -> None:
+        """Give an idle actor the published versions it has not seen (calls run in order: before `generate`).
+
+        Handing them over only when the actor takes work, rather than at every `publish`, keeps versions
+        that a busy actor would never use from piling up (pinned) in the object store.
+        """
+        keep_from = min(self._history.versions)
+        for v in sorted(self._history.versions):
+            if v > slot.newest:
+                slot.actor.add_weights.remote(v, [self._history.versions[v]], keep_from)
+                slot.newest = v
 
     def _collect(self) -> None:
         with self.lock:
@@ -316,7 +327,7 @@ class RayBackend(BackendBase):
         if not calls:
             self._stop.wait(0.02)
             return
-        done, _ = ray.wait(list(calls), num_returns=1, timeout=0.05)
+        done, _ = ray.wait(list(calls), num_returns=1, timeout=0.02)
         if done:
             done, _ = ray.wait(list(calls), num_returns=len(calls), timeout=0)
         for ref in done:
@@ -338,7 +349,7 @@ class RayBackend(BackendBase):
                 self._arrived(g)
 
     def _restart(self, slot: _Slot) -> None:
-        """A dead actor: re-queue its prompts, start a new one and give it the weights its tasks may need."""
+        """A dead actor: re-queue its prompts and start a new one."""
         with self.lock:
             self.scheduler.requeue([t.group_id for t in slot.tasks])
             self.restarts += 1
@@ -346,8 +357,5 @@ class RayBackend(BackendBase):
                 "rollout actor %d died; restarting it, %d prompts re-queued", slot.index, len(slot.tasks)
             )
             ray.kill(slot.actor, no_restart=True)  # it may be unreachable rather than dead
-            slot.actor = self._spawn(slot.index)
-            slot.call, slot.tasks = None, []
-            keep_from = min(self._history.versions, default=0)
-            for v in sorted(self._history.versions):
-                slot.actor.add_weights.remote(v, [self._history.versions[v]], keep_from)
+            # The new actor is handed every version still published with its first call.
+            self.slots[slot.index] = _Slot(slot.index, self._spawn(slot.index))
