@@ -187,6 +187,28 @@ def test_wait_policy_versions_bound_and_close(cluster, tiny, problems):
     backend.close()  # idempotent
 
 
+def test_drop_policy_drops_stale_groups_and_accounts_for_every_prompt(cluster, tiny, problems):
+    buffer = BufferConfig(max_staleness=0, policy="drop", max_ahead=2)
+    backend = make_backend(tiny, problems, buffer)
+    backend.start(weights(tiny[2], 0), 0)
+    try:
+        steps = train(backend, tiny[2], 0, 4)
+        dropped = backend.metrics()["dropped/stale"]
+    finally:
+        backend.close()
+    for v, groups in enumerate(steps):
+        assert {g.policy_version for g in groups} == {v}
+    # Steps 1 and 2 were generated ahead by version 0: they were dropped and replaced.
+    assert dropped >= N and dropped == len(backend.buffer.dropped)
+    trained = [g.group_id for gs in steps for g in gs]
+    state = backend.state_dict()
+    pending = [g["group_id"] for g in state["buffer"]] + [
+        r["group_id"] for r in state["scheduler"]["requeue"]
+    ]
+    accounted = trained + [r.group_id for r in backend.buffer.dropped] + pending
+    assert sorted(accounted) == list(range(backend.scheduler.next_group_id))
+
+
 def test_fixed_delay_is_exact(cluster, tiny, problems):
     d = 2
     backend = make_backend(tiny, problems, BufferConfig(fixed_delay=d), max_tasks_per_call=3)

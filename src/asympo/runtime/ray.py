@@ -4,8 +4,8 @@ Same protocol and bookkeeping as `ProcessBackend` (`asympo.runtime.local`), with
 processes and queues:
 - each rollout actor wraps `build_worker(spec, i)`; its weight store holds object-store references, so
   a version costs the actor nothing until a task needs it;
-- `publish(state, version)` does one `ray.put` of the CPU weights and hands the reference to every actor
-  (one copy per node, however many actors);
+- `publish(state, version)` does one `ray.put` of the CPU weights; each actor is handed the reference
+  with its next call (one copy per node in the object store, however many actors);
 - a dispatcher thread in the learner's process issues `PromptTask`s from the scheduler, sends ready ones
   to idle actors (one call in flight per actor), collects the `RolloutGroup`s with `ray.wait` into the
   staleness buffer, and restarts an actor that dies (its prompts are re-queued, it is given the weight
@@ -22,6 +22,7 @@ import math
 import os
 import threading
 import traceback
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +38,7 @@ except ImportError as e:  # pragma: no cover - exercised by a test that hides ra
 
 from asympo.runtime.backend import BackendBase, WorkerSpec, build_worker
 from asympo.runtime.buffer import BufferConfig
-from asympo.runtime.records import Batch, PromptTask, RolloutGroup
+from asympo.runtime.records import Batch, DropRecord, PromptTask, RolloutGroup
 from asympo.runtime.scheduler import PromptScheduler
 from asympo.runtime.sync import State, WeightStore
 
@@ -79,8 +80,10 @@ def _init_local(**kwargs) -> None:
     # Ray picks the machine's routable address for a local node and then listens on all interfaces; with
     # its "cluster mode" off (what it does on macOS and Windows) the node is 127.0.0.1 and every server
     # binds to loopback. There is no public switch for this, hence the private constant.
-    from ray._private import ray_constants
-
+    try:
+        from ray._private import ray_constants
+    except ImportError:  # a future Ray may move it; then the warning below tells
+        ray_constants = None
     had = hasattr(ray_constants, "ENABLE_RAY_CLUSTER")
     before = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
     if had:
@@ -217,6 +220,7 @@ class RayBackend(BackendBase):
         self._waiting: list[PromptTask] = []  # issued, not yet sent to an actor
         self._learner_version = 0
         self._owns_ray = False
+        self._drops: deque[tuple[DropRecord, int]] = deque()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -276,6 +280,28 @@ class RayBackend(BackendBase):
             self._learner_version = learner_version
         return self.buffer.get_batch(n_groups, learner_version, timeout=self.batch_timeout_s)
 
+    def state_dict(self) -> dict:
+        with self.lock:
+            self._flush_drops()
+            return super().state_dict()
+
+    def metrics(self) -> dict[str, float]:
+        with self.lock:
+            self._flush_drops()
+            return super().metrics()
+
+    # ------------------------------------------------------------------ dropped groups
+
+    def _on_drop(self, rec: DropRecord, learner_version: int) -> None:
+        # The buffer calls this while holding its own lock, and the dispatcher holds `self.lock` while it
+        # puts groups into the buffer: taking `self.lock` here could deadlock, so the drop is only noted.
+        self._drops.append((rec, learner_version))
+
+    def _flush_drops(self) -> None:
+        """Count noted drops and schedule their replacement prompts (under `self.lock`)."""
+        while self._drops:
+            super()._on_drop(*self._drops.popleft())
+
     # ------------------------------------------------------------------ dispatcher thread
 
     def _dispatch_loop(self) -> None:
@@ -289,6 +315,7 @@ class RayBackend(BackendBase):
 
     def _issue(self) -> None:
         with self.lock:
+            self._flush_drops()
             self._waiting += self.scheduler.issue(self._learner_version)
 
     def _send(self) -> None:
