@@ -6,7 +6,10 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 PYTEST  := $(BIN)/python -m pytest
 
-.PHONY: setup test test-slow lint format demo bench clean
+VENV_INTEG ?= .venv-integ
+BIN_INTEG  := $(VENV_INTEG)/bin
+
+.PHONY: setup test test-slow test-integrations lint format demo bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,6 +24,17 @@ test: setup  ## the default test suite (the README's test command; CI runs this)
 	$(BIN)/ruff check .
 	$(PYTEST) -q -m "not slow and not integration"
 
+# The verl/TRL adapters, in their own venv (the extras are heavy: ~2 GB). `-e` is needed for verl's entry point.
+$(BIN_INTEG)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV_INTEG)
+	$(BIN_INTEG)/python -m pip install -q --upgrade pip
+	$(BIN_INTEG)/python -m pip install -q "$(TORCH)"
+	$(BIN_INTEG)/python -m pip install -q -e '.[dev,verl,trl]' "$(TORCH)"
+	touch $@
+
+test-integrations: $(BIN_INTEG)/.installed  ## the verl/TRL integration tests
+	HF_HUB_OFFLINE=1 $(BIN_INTEG)/python -m pytest -q -m integration tests/integrations
+
 test-slow: setup  ## the slow tests (longer training runs)
 	$(PYTEST) -q -m "slow"
 
@@ -33,4 +47,4 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_INTEG) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -10,22 +10,11 @@ import torch
 
 from asympo.learner import Learner, LearnerConfig, collate
 from asympo.runtime.records import Batch, RolloutGroup, Sample
+from tests.models import tiny_qwen2
 
 
 def tiny_model(seed=0):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(
-        vocab_size=20,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return Qwen2ForCausalLM(cfg)
+    return tiny_qwen2(20, seed=seed)
 
 
 GOOD, BAD = [5, 6, 7, 1], [8, 9, 1]

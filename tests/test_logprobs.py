@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from asympo.logprobs import causal_lm_logprobs, token_logprobs_from_hidden, token_logprobs_from_logits
+from tests.models import tiny_qwen2
 
 
 def naive(logits, tokens, temperature=1.0):
@@ -64,26 +65,9 @@ def test_no_entropy_returns_none_and_shape_errors():
         token_logprobs_from_logits(logits, tokens, temperature=0.0)
 
 
-def tiny_qwen2(vocab=61, tie=False):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    cfg = Qwen2Config(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=tie,
-    )
-    return Qwen2ForCausalLM(cfg).eval()
-
-
 @pytest.mark.parametrize("tie", [False, True])
 def test_causal_lm_logprobs_matches_full_logits(tie):
-    model = tiny_qwen2(tie=tie)
+    model = tiny_qwen2(tie=tie).eval()
     g = torch.Generator().manual_seed(2)
     ids = torch.randint(0, 61, (3, 10), generator=g)
     attn = torch.ones(3, 10, dtype=torch.long)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -324,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # Our own progress bars say what is happening; transformers' per-load bars only add noise
+    # (set before transformers is imported; child processes inherit it).
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if argv[:1] == ["report"]:  # the report command parses its own arguments (and --help)
         from asympo.report import main as report_main
 

@@ -47,19 +47,25 @@ class RunResult:
 def resolve_model_path(cfg: TrainConfig, progress: bool = True) -> str:
     """The HF directory (or hub id) of the initial policy; runs/fetches the embedded SFT warm-up if asked."""
     if cfg.model.path != "embedded":
-        p = Path(cfg.model.path)
-        if p.exists() and not (p / "config.json").exists():
-            raise FileNotFoundError(
-                f"model.path {p} exists but has no config.json (not a HF model directory)"
-            )
-        if not p.exists() and (cfg.model.path.startswith((".", "/", "~")) or cfg.model.path.count("/") != 1):
-            raise FileNotFoundError(f"model.path {cfg.model.path!r} does not exist")
+        check_model_path(cfg.model.path)
         return cfg.model.path
     from asympo.sft import SFTConfig, warmup
 
     # The warm-up learns the same arithmetic task that RL then trains on.
     sft = {**cfg.sft, "task": {**cfg.task.arithmetic, **cfg.sft.get("task", {})}}
     return str(warmup(SFTConfig(**sft), progress=progress))
+
+
+def check_model_path(path: str) -> None:
+    """A local HF model directory must have config.json; anything else must look like a hub id."""
+    p = Path(path).expanduser()
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise FileNotFoundError(
+                f"model.path {path} exists but has no config.json (not a HF model directory)"
+            )
+    elif path.startswith((".", "/", "~")) or path.count("/") != 1:
+        raise FileNotFoundError(f"model.path {path!r} does not exist (and is not a hub id like org/name)")
 
 
 def load_task(cfg: TrainConfig, split: str, tokenizer=None) -> list[Problem]:
@@ -78,6 +84,8 @@ def validate(cfg: TrainConfig) -> None:
     from asympo.rewards import get_reward
 
     get_reward(cfg.task.reward_name)
+    if cfg.model.path != "embedded":
+        check_model_path(cfg.model.path)
     if cfg.task.name not in ("arithmetic", "gsm8k", "math500") and not cfg.task.name.startswith("hf:"):
         if not Path(cfg.task.name).exists():
             raise FileNotFoundError(
@@ -200,6 +208,10 @@ def train(
 
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    if cfg.mode == "async" and cfg.model.device == "cpu":
+        # Leave the rollout workers their cores, so generation and training truly overlap.
+        busy = cfg.rollout.num_workers * cfg.rollout.threads
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - busy))
     model_path = resolve_model_path(cfg, progress=progress)
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
     dtype = getattr(torch, cfg.model.dtype)

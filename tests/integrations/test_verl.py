@@ -292,3 +292,41 @@ def test_example_config_runs_through_verls_actor_loss(name):
     torch.testing.assert_close(loss, ref_loss, **TOL)
     torch.testing.assert_close(grad, ref_grad, **TOL)
     assert "actor/nll/ratio" in metrics  # only our losses report it: the worker ran loss_mode=asympo|spo
+
+
+def test_example_launcher_passes_verls_config_validation(tmp_path):
+    """run_asympo_fully_async.sh, with `python` stubbed to print its argv, composes and validates."""
+    import json
+    import os
+
+    from verl.utils.config import omega_conf_to_dataclass, validate_config
+
+    stub = tmp_path / "python"
+    stub.write_text(
+        f'#!/bin/sh\nexec {sys.executable} -c "import json, sys; print(json.dumps(sys.argv[1:]))" "$@"\n'
+    )
+    stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "LOSS": "spo"}
+    out = subprocess.run(
+        ["bash", str(EXAMPLES / "run_asympo_fully_async.sh")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    argv = json.loads(out.stdout)
+    assert argv[:4] == [
+        "-m",
+        "verl.experimental.fully_async_policy.fully_async_main",
+        "--config-dir",
+        str(EXAMPLES),
+    ]
+    cfg = compose_example(*argv[5:])  # argv[4] is +asympo=fully_async, which compose_example adds
+    assert argv[4] == "+asympo=fully_async"
+    # What fully_async_main does before run_ppo, then verl's own checks.
+    cfg.actor_rollout_ref.rollout.nnodes = cfg.rollout.nnodes
+    cfg.actor_rollout_ref.rollout.n_gpus_per_node = cfg.rollout.n_gpus_per_node
+    validate_config(cfg, use_reference_policy=False, use_critic=False)
+    actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+    assert actor.policy_loss.loss_mode == "spo" and isinstance(actor.policy_loss, ASymPOPolicyLossConfig)

@@ -35,6 +35,8 @@ def __getattr__(name: str) -> Any:
             f"module 'asympo.data' has no attribute {name!r} (and asympo.data.arithmetic, where it would "
             f"live, cannot be imported: {e})"
         ) from None
+    if name == "arithmetic":
+        return arithmetic
     try:
         return getattr(arithmetic, name)
     except AttributeError:

@@ -7,11 +7,20 @@ installed in a supported version and otherwise raises an ImportError that names 
 from __future__ import annotations
 
 import importlib
+import re
 from types import ModuleType
 
-from packaging.version import InvalidVersion, Version
-
 __all__ = ["require"]
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """The leading numeric release of a version string: "0.10.0.dev1" -> (0, 10, 0), "1.16.0rc1" -> (1, 16)."""
+    parts = []
+    for part in version.split("."):
+        if not re.fullmatch(r"\d+", part):
+            break
+        parts.append(int(part))
+    return tuple(parts)
 
 
 def require(package: str, *, extra: str, minimum: str, below: str, module: str) -> ModuleType:
@@ -25,12 +34,9 @@ def require(package: str, *, extra: str, minimum: str, below: str, module: str) 
         mod = importlib.import_module(package)
     except ImportError as e:
         raise ImportError(f"{module} needs {package}, which is not installed: {hint}") from e
-    installed = getattr(mod, "__version__", "unknown")
-    try:
-        ok = Version(minimum) <= Version(installed) < Version(below)
-    except InvalidVersion:
-        ok = False
-    if not ok:
+    installed = str(getattr(mod, "__version__", "unknown"))
+    release = _release(installed)
+    if not release or not _release(minimum) <= release < _release(below):
         raise ImportError(
             f"{module} supports {package}>={minimum},<{below}, but {package} {installed} is installed: {hint}"
         )

@@ -32,7 +32,13 @@ require("verl", extra="verl", minimum="0.9", below="0.10", module="asympo.integr
 from verl.trainer.ppo.core_algos import agg_loss, register_policy_loss  # noqa: E402
 from verl.workers.config import PolicyLossConfig  # noqa: E402
 
-__all__ = ["LOSS_MODES", "ASymPOPolicyLossConfig", "compute_policy_loss_asympo", "compute_policy_loss_spo"]
+__all__ = [
+    "LOSS_MODES",
+    "ASymPOPolicyLossConfig",
+    "compute_policy_loss_asympo",
+    "compute_policy_loss_spo",
+    "response_advantages",
+]
 
 LOSS_MODES = ("asympo", "spo")
 _RESCALE = ("none", "batch_mean")

@@ -5,7 +5,7 @@ Rules (docs/rewards.md has the long form):
 1. Extraction, first rule that finds something wins:
    the last complete `\\boxed{...}` (or `\\fbox{...}`, nested braces allowed), else the text after the
    last `####` on its line (GSM8K style), else the text after the last "the (final) answer is" on its
-   line. Nothing found → 0.0.
+   line; the last two lose closing punctuation, markdown emphasis and `$...$`. Nothing found → 0.0.
 2. The reference is the text after the last `####` when it has one (a raw GSM8K solution), else itself.
 3. Plain decimal numbers on both sides (thousands commas, `$` and a trailing period allowed) compare
    exactly as rationals, without sympy. Anything else goes to math-verify: both sides are wrapped in
@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import re
 from fractions import Fraction
+from functools import lru_cache
 
 # An extracted answer longer than this grades 0.0 without being parsed: real final answers are short
 # (MATH-500's longest is under 200 characters) and sympy's parser is super-linear in its input.
@@ -71,9 +72,14 @@ def _last_line_after(pattern: re.Pattern[str], text: str) -> str | None:
     return answer or None
 
 
-def _strip_answer_is(answer: str) -> str:
-    """Trim the sentence around "the answer is X." to X: math delimiters and closing punctuation."""
+def _strip_inline_answer(answer: str) -> str:
+    """Trim a line-ending answer ("the answer is **$X$**.") to X: closing punctuation, markdown
+    emphasis, math delimiters."""
     answer = answer.strip().rstrip(".!;").strip()
+    for left, right in (("**", "**"), ("__", "__"), ("`", "`"), ("*", "*")):
+        if answer.startswith(left) and answer.endswith(right) and len(answer) > len(left) + len(right):
+            answer = answer[len(left) : len(answer) - len(right)].strip().rstrip(".!;").strip()
+            break
     for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if answer.startswith(left) and answer.endswith(right) and len(answer) >= len(left) + len(right):
             answer = answer[len(left) : len(answer) - len(right)].strip()
@@ -86,12 +92,10 @@ def extract_answer(completion: str) -> str | None:
     boxed = extract_boxed(completion)
     if boxed is not None:
         return boxed
-    hashes = _last_line_after(_HASHES, completion)
-    if hashes is not None:
-        return hashes
-    answer_is = _last_line_after(_ANSWER_IS, completion)
-    if answer_is is not None:
-        return _strip_answer_is(answer_is) or None
+    for pattern in (_HASHES, _ANSWER_IS):
+        found = _last_line_after(pattern, completion)
+        if found is not None:
+            return _strip_inline_answer(found) or None
     return None
 
 
@@ -153,14 +157,29 @@ def answers_match(answer: str, reference: str) -> bool:
         answer_number = _as_plain_number(answer)
         if answer_number is not None:
             return answer_number == ref_number
-    parse, verify, config = _math_verify()
-    # Wrapping in \boxed{} makes math-verify take the whole string as one expression instead of
-    # hunting for a number inside it; `None` timeouts keep it away from SIGALRM.
-    gold = parse("\\boxed{" + reference + "}", config, parsing_timeout=None)
-    target = parse("\\boxed{" + answer + "}", config, parsing_timeout=None)
+    return symbolic_match(answer, reference)
+
+
+def symbolic_match(answer: str, reference: str) -> bool:
+    """math-verify's verdict on two answer strings, with no fast path and no timeout (see module doc)."""
+    gold = _parse_reference(reference)
+    target = _parse(answer)
     if not gold or not target:
         return False
-    return bool(verify(gold, target, timeout_seconds=None))
+    _, verify, _ = _math_verify()
+    return bool(verify(list(gold), list(target), timeout_seconds=None))
+
+
+def _parse(text: str) -> tuple:
+    parse, _, config = _math_verify()
+    # Wrapping in \boxed{} makes math-verify take the whole string as one expression instead of
+    # hunting for a number inside it; `None` timeouts keep it away from SIGALRM.
+    return tuple(parse("\\boxed{" + text + "}", config, parsing_timeout=None))
+
+
+# A reference is graded against a whole group of completions in a row: parse it once. (sympy
+# expressions are immutable, so sharing the parsed objects is safe.)
+_parse_reference = lru_cache(maxsize=4096)(_parse)
 
 
 def math_reward(completion: str, reference: str) -> float:

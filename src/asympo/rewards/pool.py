@@ -49,8 +49,9 @@ class RewardPoolConfig:
     thread); `fork` starts fastest but may deadlock when the parent holds locks in other threads."""
     startup_timeout_s: float = 120.0
     """Seconds a new worker may take to import the reward and report ready before it is replaced."""
-    max_inflight_per_worker: int = 4
-    """Calls queued ahead in each worker's pipe, so that the worker never idles between calls."""
+    max_inflight_per_worker: int = 2
+    """Calls sent to a worker before its first result is back, so that it never idles waiting for the
+    caller. Calls queued behind one that hangs wait for its timeout, so keep this small."""
     memory_limit_mb: int | None = 4096
     """Address-space limit per worker (RLIMIT_AS); a grader that blows up sympy gets a MemoryError
     (graded 0.0, counted as an error) instead of swapping the machine. None: no limit."""
@@ -199,18 +200,22 @@ class _Worker:
         self.proc.join(timeout=5)
         self.conn.close()
 
-    def stop(self, wait_s: float) -> None:
+    def ask_to_stop(self) -> None:
         try:
             self.conn.send(None)
         except (OSError, ValueError):
             pass
-        self.proc.join(timeout=wait_s)
-        self.kill()
 
 
-def _shutdown(workers: list[_Worker]) -> None:
+def _shutdown(workers: list[_Worker], wait_s: float = 1.0) -> None:
+    """Ask every worker to exit, give them `wait_s` together, then kill what is left."""
     for worker in workers:
-        worker.stop(wait_s=1.0)
+        worker.ask_to_stop()
+    deadline = time.monotonic() + wait_s
+    for worker in workers:
+        if worker.ready:  # one still starting up reads its pipe only when ready: no point waiting
+            worker.proc.join(timeout=max(0.0, deadline - time.monotonic()))
+        worker.kill()
     workers.clear()
 
 
@@ -310,6 +315,15 @@ class RewardPool:
         """Process ids of the current workers (for monitoring and tests)."""
         return [w.proc.pid for w in self._workers if w.proc.pid is not None]
 
+    def wait_ready(self) -> None:
+        """Block until every worker has started (imported the reward, run `preload`); RuntimeError if
+        they cannot. `score` does not need this; it is for timing and for tests."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("RewardPool is closed")
+            if self.config.num_workers > 0:
+                self._score_pool([], [], [], [], {}, until_ready=True)
+
     def close(self) -> None:
         """Stop the workers (idempotent)."""
         with self._lock:
@@ -347,7 +361,9 @@ class RewardPool:
         logger.warning("reward worker failed to start (%s); starting another", why)
         self._replace(index)
 
-    def _score_pool(self, completions, references, rewards, status, messages) -> None:
+    def _score_pool(
+        self, completions, references, rewards, status, messages, until_ready: bool = False
+    ) -> None:
         cfg = self.config
         pending: deque[int] = deque(range(len(completions)))
         remaining = len(completions)
@@ -370,18 +386,23 @@ class RewardPool:
                 worker.inflight.clear()
             self._replace(index)
 
-        while remaining:
+        while remaining or (until_ready and not all(w.ready for w in self._workers)):
             now = time.monotonic()
-            for worker in self._workers:
-                if not worker.ready:
-                    continue
-                while pending and len(worker.inflight) < cfg.max_inflight_per_worker:
+            # Round robin, one call per worker per round, so that a batch smaller than the pipes'
+            # capacity still spreads over all workers.
+            open_workers = [w for w in self._workers if w.ready]
+            while pending and open_workers:
+                for worker in list(open_workers):
+                    if not pending or len(worker.inflight) >= cfg.max_inflight_per_worker:
+                        open_workers.remove(worker)
+                        continue
                     i = pending.popleft()
                     try:
                         worker.conn.send((i, completions[i], references[i]))
                     except (OSError, ValueError):  # died since the last check: the sentinel will tell
                         pending.appendleft(i)
-                        break
+                        open_workers.remove(worker)
+                        continue
                     if not worker.inflight:
                         worker.head_since = now
                     worker.inflight.append(i)

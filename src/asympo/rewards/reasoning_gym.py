@@ -147,8 +147,7 @@ def reasoning_gym_reward(completion: str, reference: str) -> float:
     entry = regenerated if regenerated["question"] == question else stored
     try:
         score = _dataset(*key).score_answer(answer, entry)
-    except (
-        Exception
-    ):  # some scorers raise on malformed answers (int("abc")): a wrong answer, not a grader fault
+    except Exception:
+        # Some scorers raise on a malformed answer (int("abc")): that is a wrong answer, not a grader fault.
         return 0.0
     return 1.0 if score >= 1.0 else 0.0

@@ -100,10 +100,13 @@ def _worker_main(spec: WorkerSpec, worker_id: int, task_q, weight_q, result_q, m
 
 
 class _WorkerHandle:
-    def __init__(self, ctx, spec: WorkerSpec, worker_id: int, result_q, max_tasks: int):
+    # Each worker has queues of its own: a process killed while writing to a shared queue would leave
+    # that queue's lock held forever and silence every other worker.
+    def __init__(self, ctx, spec: WorkerSpec, worker_id: int, max_tasks: int):
         self.id = worker_id
         self.task_q = ctx.Queue()
         self.weight_q = ctx.Queue()
+        self.result_q = result_q = ctx.Queue()
         self.outstanding: set[int] = set()
         self.process = ctx.Process(
             target=_worker_main,
@@ -135,7 +138,6 @@ class ProcessBackend(BackendBase):
         self.max_tasks = max_tasks_per_call
         self.batch_timeout_s = batch_timeout_s
         self._ctx = torch.multiprocessing.get_context("spawn")
-        self._result_q = self._ctx.Queue()
         self.workers: list[_WorkerHandle] = []
         self._history: dict[int, State] = {}  # published versions a (re)started worker may still need
         self._learner_version = 0
@@ -146,8 +148,7 @@ class ProcessBackend(BackendBase):
 
     def start(self, state: State, version: int) -> None:
         self.workers = [
-            _WorkerHandle(self._ctx, self.spec, i, self._result_q, self.max_tasks)
-            for i in range(self.num_workers)
+            _WorkerHandle(self._ctx, self.spec, i, self.max_tasks) for i in range(self.num_workers)
         ]
         self.publish(state, version)
         self._thread = threading.Thread(target=self._dispatch_loop, name="asympo-dispatch", daemon=True)
@@ -208,18 +209,23 @@ class ProcessBackend(BackendBase):
                 w.task_q.put(t)
 
     def _collect(self) -> None:
-        try:
-            kind, worker_id, payload = self._result_q.get(timeout=0.05)
-        except queue_mod.Empty:
-            return
-        if kind == "error":
-            self.buffer.close(f"rollout worker {worker_id} failed:\n{payload}")
-            self._stop.set()
-            return
-        for group in payload:
-            with self.lock:
-                self.workers[worker_id].outstanding.discard(group.group_id)
-            self._arrived(group)
+        got = False
+        for w in list(self.workers):
+            try:
+                kind, worker_id, payload = w.result_q.get_nowait()
+            except (queue_mod.Empty, OSError, ValueError):
+                continue
+            got = True
+            if kind == "error":
+                self.buffer.close(f"rollout worker {worker_id} failed:\n{payload}")
+                self._stop.set()
+                return
+            for group in payload:
+                with self.lock:
+                    w.outstanding.discard(group.group_id)
+                self._arrived(group)
+        if not got:
+            time.sleep(0.02)
 
     def _watch_workers(self) -> None:
         for i, w in enumerate(self.workers):
@@ -230,7 +236,7 @@ class ProcessBackend(BackendBase):
                 lost = sorted(w.outstanding)
                 self.scheduler.requeue(lost)
                 self.restarts += 1
-                new = _WorkerHandle(self._ctx, self.spec, i, self._result_q, self.max_tasks)
+                new = _WorkerHandle(self._ctx, self.spec, i, self.max_tasks)
                 for v in sorted(self._history):
                     new.weight_q.put((v, self._history[v]))
                 self.workers[i] = new

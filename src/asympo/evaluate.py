@@ -1,0 +1,86 @@
+"""pass@1 and unbiased pass@k of any engine on any problem set, graded by the training reward code."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+from asympo.data.problem import Problem
+from asympo.engines.base import Engine, SamplingParams
+
+__all__ = ["default_ks", "evaluate", "pass_at_k"]
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased estimate of P(at least one of k samples is correct) from n samples with c correct
+    (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    # Product form avoids huge binomials: C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k / i).
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def default_ks(n: int) -> list[int]:
+    """1, 2, 4, ... up to n, and n itself."""
+    ks = [k for k in (2**i for i in range(n.bit_length())) if k <= n]
+    return sorted(set(ks) | {n})
+
+
+def evaluate(
+    engine: Engine,
+    problems: Sequence[Problem],
+    reward_fn: Callable[[str, str], float],
+    n: int = 1,
+    sampling: SamplingParams | None = None,
+    batch_size: int = 64,
+    ks: Sequence[int] | None = None,
+    threshold: float = 1.0,
+) -> dict:
+    """Sample n completions per problem and grade them with `reward_fn(completion, reference)`.
+
+    A sample counts as correct when its reward is >= `threshold`. Returns
+    `{"pass@1", "pass@k" for k in ks, "reward/mean", "n_problems", "n", "finish/length"}` where pass@1 is
+    the mean correctness over all samples and pass@k the mean over problems of the unbiased estimator.
+    `sampling` defaults to temperature 1.0 with the engine defaults otherwise; `batch_size` is in
+    problems per `generate` call.
+    """
+    if not problems:
+        raise ValueError("evaluate needs at least one problem")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ks = default_ks(n) if ks is None else sorted(set(ks))
+    if any(not 1 <= k <= n for k in ks):
+        raise ValueError(f"every k must be in 1..n={n}, got {list(ks)}")
+    sampling = sampling or SamplingParams(temperature=1.0)
+
+    rewards: list[list[float]] = []
+    truncated = 0
+    for start in range(0, len(problems), batch_size):
+        chunk = problems[start : start + batch_size]
+        completions = engine.generate([p.prompt for p in chunk], sampling, n=n)
+        if len(completions) != len(chunk) * n:
+            raise RuntimeError(
+                f"engine returned {len(completions)} completions for {len(chunk)} prompts x n={n}"
+            )
+        for i, problem in enumerate(chunk):
+            group = completions[i * n : (i + 1) * n]
+            rewards.append([float(reward_fn(c.text, problem.reference)) for c in group])
+            truncated += sum(c.finish_reason == "length" for c in group)
+
+    correct = [sum(r >= threshold for r in group) for group in rewards]
+    total = len(problems) * n
+    result = {
+        "pass@1": sum(correct) / total,
+        "reward/mean": sum(sum(group) for group in rewards) / total,
+        "n_problems": len(problems),
+        "n": n,
+        "finish/length": truncated / total,
+    }
+    for k in ks:
+        if k > 1:
+            result[f"pass@{k}"] = sum(pass_at_k(n, c, k) for c in correct) / len(problems)
+    return result
