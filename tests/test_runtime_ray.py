@@ -153,7 +153,7 @@ def test_local_cluster_listens_on_loopback_only(cluster):
     listening = [
         c.laddr.ip
         for p in psutil.Process().children(recursive=True)
-        for c in p.net_connections(kind="inet")
+        for c in getattr(p, "net_connections", p.connections)(kind="inet")  # psutil < 6: connections
         if c.status == psutil.CONN_LISTEN
     ]
     assert listening, "found no Ray servers to check"

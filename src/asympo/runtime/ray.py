@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 # Ray actor options a user may set per rollout worker (`worker_resources`).
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory", "resources", "accelerator_type")
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
+FORWARDED_ENV = ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME")
 
 
 # ---------------------------------------------------------------------------------------------- cluster
@@ -58,16 +59,19 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     `address=None` starts a local cluster with `num_cpus` (default: all cores), no dashboard, whose
     servers listen on 127.0.0.1 only. Otherwise it connects to the running cluster at `address`
     ("auto", "host:port", "ray://host:port"). Either way the driver's `asympo` package is shipped to the
-    workers (`runtime_env.py_modules`), so actors run exactly the learner's code.
+    workers (`runtime_env.py_modules`), so actors run exactly the learner's code, with the driver's
+    Hugging Face settings (`FORWARDED_ENV`).
     """
     if ray.is_initialized():
         if address is not None:
             log.warning("Ray is already initialised; ignoring ray_address=%r", address)
         return False
     pkg = str(Path(__file__).resolve().parents[1])  # .../asympo
+    # Workers on other nodes do not inherit the driver's environment; these settings should travel.
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     kwargs = dict(
         logging_level=logging.WARNING,
-        runtime_env={"py_modules": [pkg]},
+        runtime_env={"py_modules": [pkg], **({"env_vars": env} if env else {})},
     )
     if address is not None:
         ray.init(address=address, **kwargs)
