@@ -1,4 +1,4 @@
-"""The local backends (inline and processes) against the same protocol tests, with a real tiny model."""
+"""Every backend (inline, processes, Ray) against the same protocol tests, with a real tiny model."""
 
 from __future__ import annotations
 
@@ -31,7 +31,32 @@ def make(kind, model_dir, buffer, *, logprobs=False):
     )
     if kind == "inline":
         return InlineBackend(spec, sched, buffer)
+    if kind == "ray":
+        from asympo.runtime.ray import RayBackend
+
+        return RayBackend(spec, sched, buffer, num_workers=1, batch_timeout_s=120)
     return ProcessBackend(spec, sched, buffer, num_workers=1, batch_timeout_s=120)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray cluster for this module's Ray cases, started only if one of them runs."""
+    state = {}
+    yield state
+    if state.get("started"):
+        import ray
+
+        ray.shutdown()
+
+
+@pytest.fixture(params=["inline", "process", "ray"])
+def kind(request, ray_cluster):
+    if request.param == "ray" and not ray_cluster:
+        pytest.importorskip("ray")
+        from asympo.runtime.ray import init_ray
+
+        ray_cluster["started"] = init_ray(num_cpus=2)
+    return request.param
 
 
 def weights(model_dir):
@@ -53,7 +78,6 @@ def drive(backend, state, steps, start=0):
     return batches
 
 
-@pytest.mark.parametrize("kind", ["inline", "process"])
 def test_fixed_delay_is_exact(kind, tiny_model_dir):
     backend = make(kind, tiny_model_dir, BufferConfig(fixed_delay=2), logprobs=True)
     try:
@@ -69,7 +93,6 @@ def test_fixed_delay_is_exact(kind, tiny_model_dir):
                 assert s.reward in (0.0, 1.0) and s.policy_version == g.policy_version
 
 
-@pytest.mark.parametrize("kind", ["inline", "process"])
 def test_wait_policy_bound(kind, tiny_model_dir):
     backend = make(kind, tiny_model_dir, BufferConfig(max_staleness=1, policy="wait"))
     try:
@@ -83,7 +106,6 @@ def test_wait_policy_bound(kind, tiny_model_dir):
     assert m["workers/restarts"] == 0 and m.get("dropped/stale", 0) == 0
 
 
-@pytest.mark.parametrize("kind", ["inline", "process"])
 def test_state_dict_keeps_every_prompt(kind, tiny_model_dir):
     backend = make(kind, tiny_model_dir, BufferConfig(max_staleness=2, policy="wait"))
     state = weights(tiny_model_dir)

@@ -35,7 +35,12 @@ def _add_run_args(p: argparse.ArgumentParser, *, out_default: str | None) -> Non
     p.add_argument("--objective", help="naive | spo | asympo | grpo | gspo | cispo | pkg.module:function")
     p.add_argument("--max-staleness", type=int, metavar="D", help="largest allowed staleness (versions)")
     p.add_argument("--fixed-delay", type=int, metavar="D", help="train every batch exactly D versions late")
-    p.add_argument("--backend", choices=["local"], help="local (the default; a Ray backend is planned)")
+    p.add_argument(
+        "--backend",
+        choices=["local", "ray"],
+        help="local (the default: this machine) or ray (rollout workers as Ray actors; "
+        "--set ray.address=auto on a cluster, see docs/ray.md)",
+    )
     p.add_argument("--mode", choices=["async", "sync"], help="async (default) or sync (generate, then train)")
     p.add_argument(
         "--model", metavar="PATH", help="HF model directory or hub id ('embedded' = built-in tiny model)"

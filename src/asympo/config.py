@@ -18,7 +18,7 @@ from pathlib import Path
 from asympo.learner import LearnerConfig
 from asympo.runtime.buffer import BufferConfig
 
-BACKENDS = ("local",)  # the Ray backend (DESIGN §5) is not built yet
+BACKENDS = ("local", "ray")
 MODES = ("async", "sync")
 ENGINES = ("torch", "vllm", "openai")
 
@@ -143,6 +143,28 @@ class EvalConfig:
 
 
 @dataclass
+class RayConfig:
+    """Where the Ray backend (backend=ray) runs its rollout actors; see docs/ray.md."""
+
+    address: str | None = None
+    """None: start a private local cluster on this machine (loopback only); "auto": the cluster this node
+    joined with `ray start`; or "HOST:PORT" / "ray://HOST:10001"."""
+    worker_resources: dict = field(default_factory=dict)
+    """Ray resources per rollout actor, merged over the defaults ({"num_cpus": rollout.threads}, plus
+    {"num_gpus": 1} for a CUDA or vLLM engine); keys: num_cpus, num_gpus, memory, resources, accelerator_type."""
+
+    def __post_init__(self):
+        if self.address is not None and (not isinstance(self.address, str) or not self.address):
+            raise ValueError(f"ray.address must be None or a non-empty string, got {self.address!r}")
+        keys = ("num_cpus", "num_gpus", "memory", "resources", "accelerator_type")
+        if not isinstance(self.worker_resources, dict) or set(self.worker_resources) - set(keys):
+            raise ValueError(
+                f"ray.worker_resources must be a dict with keys among {', '.join(keys)}, "
+                f"got {self.worker_resources!r}"
+            )
+
+
+@dataclass
 class TrainConfig:
     """A whole training run."""
 
@@ -153,7 +175,7 @@ class TrainConfig:
     seed: int = 0
     """Seed of the data order, sampling and initialisation."""
     backend: str = "local"
-    """local (one machine; the only backend so far — a Ray backend is planned)."""
+    """local (threads/processes on this machine) | ray (rollout workers as Ray actors; see docs/ray.md)."""
     mode: str = "async"
     """async: rollout workers generate while the learner trains; sync: generate, then train (in one process)."""
     checkpoint_every: int = 50
@@ -168,6 +190,7 @@ class TrainConfig:
     buffer: BufferConfig = field(default_factory=BufferConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     sft: dict = field(default_factory=dict)
     """Overrides of the embedded model's SFT warm-up (asympo.sft.SFTConfig); used with model.path=embedded."""
 

@@ -84,6 +84,11 @@ def validate(cfg: TrainConfig) -> None:
     from asympo.rewards import get_reward
 
     get_reward(cfg.task.reward_name)
+    if cfg.backend == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise ImportError("backend=ray needs Ray, which is not installed: pip install 'asympo[ray]'")
     if cfg.model.path != "embedded":
         check_model_path(cfg.model.path)
     if cfg.task.name not in ("arithmetic", "gsm8k", "math500") and not cfg.task.name.startswith("hf:"):
@@ -95,6 +100,18 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def make_backend(cfg: TrainConfig, spec: WorkerSpec, scheduler: PromptScheduler) -> Backend:
+    if cfg.backend == "ray":
+        from asympo.runtime.ray import RayBackend
+
+        return RayBackend(
+            spec,
+            scheduler,
+            cfg.buffer,
+            num_workers=cfg.rollout.num_workers,
+            max_tasks_per_call=cfg.rollout.max_prompts_per_call,
+            ray_address=cfg.ray.address,
+            worker_resources=cfg.ray.worker_resources or None,
+        )
     from asympo.runtime.local import InlineBackend, ProcessBackend
 
     if cfg.mode == "sync":

@@ -22,7 +22,6 @@ import math
 import os
 import threading
 import traceback
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +37,7 @@ except ImportError as e:  # pragma: no cover - exercised by a test that hides ra
 
 from asympo.runtime.backend import BackendBase, WorkerSpec, build_worker
 from asympo.runtime.buffer import BufferConfig
-from asympo.runtime.records import Batch, DropRecord, PromptTask, RolloutGroup
+from asympo.runtime.records import Batch, PromptTask, RolloutGroup
 from asympo.runtime.scheduler import PromptScheduler
 from asympo.runtime.sync import State, WeightStore
 
@@ -224,7 +223,6 @@ class RayBackend(BackendBase):
         self._waiting: list[PromptTask] = []  # issued, not yet sent to an actor
         self._learner_version = 0
         self._owns_ray = False
-        self._drops: deque[tuple[DropRecord, int]] = deque()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -284,28 +282,6 @@ class RayBackend(BackendBase):
             self._learner_version = learner_version
         return self.buffer.get_batch(n_groups, learner_version, timeout=self.batch_timeout_s)
 
-    def state_dict(self) -> dict:
-        with self.lock:
-            self._flush_drops()
-            return super().state_dict()
-
-    def metrics(self) -> dict[str, float]:
-        with self.lock:
-            self._flush_drops()
-            return super().metrics()
-
-    # ------------------------------------------------------------------ dropped groups
-
-    def _on_drop(self, rec: DropRecord, learner_version: int) -> None:
-        # The buffer calls this while holding its own lock, and the dispatcher holds `self.lock` while it
-        # puts groups into the buffer: taking `self.lock` here could deadlock, so the drop is only noted.
-        self._drops.append((rec, learner_version))
-
-    def _flush_drops(self) -> None:
-        """Count noted drops and schedule their replacement prompts (under `self.lock`)."""
-        while self._drops:
-            super()._on_drop(*self._drops.popleft())
-
     # ------------------------------------------------------------------ dispatcher thread
 
     def _dispatch_loop(self) -> None:
@@ -319,7 +295,6 @@ class RayBackend(BackendBase):
 
     def _issue(self) -> None:
         with self.lock:
-            self._flush_drops()
             self._waiting += self.scheduler.issue(self._learner_version)
 
     def _send(self) -> None:
