@@ -301,3 +301,14 @@ def test_bad_inputs(tok):
     with pytest.raises(ValueError, match="n must be an int >= 1"):
         engine.generate(["1+1="], SamplingParams(), n=0)
     assert engine.generate([], SamplingParams()) == []
+
+
+def test_generate_builds_no_graph_and_keeps_training_mode(tok):
+    model = tiny(tok).train()
+    engine = TorchEngine(model, tok)
+    seen = []
+    handle = model.register_forward_hook(lambda m, i, o: seen.append((torch.is_grad_enabled(), m.training)))
+    engine.generate(PROMPTS[:2], SamplingParams(max_new_tokens=3, seed=0))
+    handle.remove()
+    assert seen and all(grad is False and training is False for grad, training in seen)
+    assert model.training  # restored
