@@ -35,6 +35,14 @@ $(BIN_INTEG)/.installed: pyproject.toml
 test-integrations: $(BIN_INTEG)/.installed  ## the verl/TRL integration tests
 	HF_HUB_OFFLINE=1 $(BIN_INTEG)/python -m pytest -q -m integration tests/integrations
 
+demo: setup  ## the embedded default: SFT warm-up (cached), async ASymPO, report in runs/demo
+	$(BIN)/asympo demo
+
+bench: setup  ## the benchmarks (ratios against a baseline run in the same process)
+	$(BIN)/python bench/bench_async.py
+	$(BIN)/python bench/bench_generate.py
+	$(BIN)/python bench/bench_rewards.py
+
 test-slow: setup  ## the slow tests (longer training runs)
 	$(PYTEST) -q -m "slow"
 

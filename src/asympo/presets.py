@@ -9,13 +9,13 @@ PRESETS: dict[str, dict] = {
     # The embedded default: tiny model, SFT warm-up, asynchronous ASymPO with real staleness on 2 CPU cores.
     "demo": {
         "out": "runs/demo",
-        "steps": 60,
+        "steps": 150,
         "mode": "async",
-        "checkpoint_every": 20,
+        "checkpoint_every": 50,
         "rollout": {"prompts_per_step": 16, "group_size": 8, "max_new_tokens": 8, "num_workers": 1},
         "buffer": {"max_staleness": 4, "policy": "wait"},
         "learner": {"objective": "asympo", "lr": 2e-4},
-        "eval": {"every": 20, "limit": 200, "n": 4},
+        "eval": {"every": 50, "limit": 200, "n": 4},
     },
     # A real model on GSM8K (GPU machine; the weights must be available locally or in the HF cache).
     "gsm8k": {
