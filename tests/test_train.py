@@ -133,3 +133,27 @@ def test_cli_errors_are_clear_and_early(args, message, tmp_path):
     assert message in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "o" / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_short_async_run_raises_reward(tmp_path):
+    """The embedded task from the cached SFT start (held-out pass@1 ~0.3): 100 steps of asynchronous
+    ASymPO with real staleness must clearly raise held-out pass@1."""
+    from asympo.train import train
+
+    cfg = TrainConfig.from_dict(
+        apply_overrides(
+            preset_dict("demo"),
+            [
+                f"out={json.dumps(str(tmp_path / 'run'))}",
+                "steps=100",
+                "eval.every=0",
+                "report=false",
+                "checkpoint_every=0",
+            ],
+        )
+    )
+    res = train(cfg, progress=False)
+    recs = lines(tmp_path / "run" / "metrics.jsonl")
+    assert max(r["staleness/max"] for r in recs) >= 2  # really asynchronous
+    assert res.pass1_after > res.pass1_before + 0.08, (res.pass1_before, res.pass1_after)
