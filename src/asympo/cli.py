@@ -200,7 +200,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     sampling = SamplingParams(
         temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed
     )
-    res = evaluate(engine, problems, get_reward(reward), n=args.n, sampling=sampling)
+    from asympo.rewards.pool import RewardPool, RewardPoolConfig
+
+    # The math verifier runs in a pool with timeouts (a pathological completion can't hang the command).
+    workers = 0 if reward == "arithmetic" else 2
+    with RewardPool(reward, RewardPoolConfig(num_workers=workers, timeout_s=5.0)) as pool:
+        res = evaluate(engine, problems, get_reward(reward), n=args.n, sampling=sampling, scorer=pool.score)
     print(
         json.dumps({"model": str(model), "dataset": args.dataset, "problems": len(problems), **res}, indent=2)
     )

@@ -37,6 +37,7 @@ def evaluate(
     batch_size: int = 64,
     ks: Sequence[int] | None = None,
     threshold: float = 1.0,
+    scorer: Callable[[list[str], list[str]], list[float]] | None = None,
 ) -> dict:
     """Sample n completions per problem and grade them with `reward_fn(completion, reference)`.
 
@@ -44,7 +45,8 @@ def evaluate(
     `{"pass@1", "pass@k" for k in ks, "reward/mean", "n_problems", "n", "finish/length"}` where pass@1 is
     the mean correctness over all samples and pass@k the mean over problems of the unbiased estimator.
     `sampling` defaults to temperature 1.0 with the engine defaults otherwise; `batch_size` is in
-    problems per `generate` call.
+    problems per `generate` call. `scorer(completions, references) -> rewards`, if given, grades each batch
+    at once instead of `reward_fn` one by one (e.g. `RewardPool.score`, which enforces timeouts).
     """
     if not problems:
         raise ValueError("evaluate needs at least one problem")
@@ -66,10 +68,14 @@ def evaluate(
             raise RuntimeError(
                 f"engine returned {len(completions)} completions for {len(chunk)} prompts x n={n}"
             )
-        for i, problem in enumerate(chunk):
-            group = completions[i * n : (i + 1) * n]
-            rewards.append([float(reward_fn(c.text, problem.reference)) for c in group])
-            truncated += sum(c.finish_reason == "length" for c in group)
+        references = [p.reference for p in chunk for _ in range(n)]
+        texts = [c.text for c in completions]
+        if scorer is not None:
+            flat = [float(r) for r in scorer(texts, references)]
+        else:
+            flat = [float(reward_fn(t, ref)) for t, ref in zip(texts, references)]
+        rewards += [flat[i * n : (i + 1) * n] for i in range(len(chunk))]
+        truncated += sum(c.finish_reason == "length" for c in completions)
 
     correct = [sum(r >= threshold for r in group) for group in rewards]
     total = len(problems) * n

@@ -179,7 +179,13 @@ class HeldOutEval:
         self.cfg = cfg
         self.problems = problems[: cfg.eval.limit] if cfg.eval.limit else problems
         self.engine = TorchEngine(model, tokenizer)
+        from asympo.rewards.pool import RewardPool, RewardPoolConfig
+
         self.reward = get_reward(cfg.task.reward_name)
+        self.pool = RewardPool(
+            cfg.task.reward_name,
+            RewardPoolConfig(num_workers=cfg.rollout.reward_workers, timeout_s=cfg.rollout.reward_timeout_s),
+        )
         self.sampling = SamplingParams(
             temperature=cfg.eval.temperature,
             top_p=1.0,
@@ -332,6 +338,7 @@ def train(
         bar.close()
         backend.close()
     pass1_after = run_eval(cfg.steps)
+    evaluator.pool.close()
     metrics_log.close()
     eval_log.close()
     wall = time.monotonic() - t_start
