@@ -253,6 +253,8 @@ def test_arithmetic_task_is_reexported_lazily(monkeypatch):
     fake = types.ModuleType("asympo.data.arithmetic")
     fake.ArithmeticTask = object()
     monkeypatch.setitem(sys.modules, "asympo.data.arithmetic", fake)
+    # Another test may have imported the real submodule, which also binds it as a package attribute.
+    monkeypatch.delattr(asympo.data, "arithmetic", raising=False)
     assert asympo.data.ArithmeticTask is fake.ArithmeticTask
     assert asympo.data.arithmetic is fake
     with pytest.raises(AttributeError, match="no attribute 'NotThere'"):
