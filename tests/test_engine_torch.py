@@ -13,6 +13,16 @@ from asympo.engines.torch import TorchEngine, sample_next, top_p_filter
 from asympo.models.tiny import TinyModelConfig, build_tiny_model, save_pretrained
 from asympo.models.tokenizer import build_char_tokenizer
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny matrices: 1 intra-op thread is fastest, and far faster on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 PROMPTS = ["1+2=", "345+678=", "9-", "abc def ghi jkl"]  # different lengths -> left padding matters
 
 
@@ -301,3 +311,14 @@ def test_bad_inputs(tok):
     with pytest.raises(ValueError, match="n must be an int >= 1"):
         engine.generate(["1+1="], SamplingParams(), n=0)
     assert engine.generate([], SamplingParams()) == []
+
+
+def test_generate_builds_no_graph_and_keeps_training_mode(tok):
+    model = tiny(tok).train()
+    engine = TorchEngine(model, tok)
+    seen = []
+    handle = model.register_forward_hook(lambda m, i, o: seen.append((torch.is_grad_enabled(), m.training)))
+    engine.generate(PROMPTS[:2], SamplingParams(max_new_tokens=3, seed=0))
+    handle.remove()
+    assert seen and all(grad is False and training is False for grad, training in seen)
+    assert model.training  # restored

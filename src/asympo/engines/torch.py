@@ -102,7 +102,7 @@ class TorchEngine:
             raise ValueError("TorchEngine needs the model's tokenizer (tokenizer=...)")
         if max_batch_size is not None and max_batch_size < 1:
             raise ValueError(f"max_batch_size must be None or >= 1, got {max_batch_size}")
-        self.model = model.eval()
+        self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.use_kv_cache = use_kv_cache
@@ -203,16 +203,21 @@ class TorchEngine:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be an int >= 1, got {n!r}")
         encoded = [self._encode(p) for p in prompts]
-        with self._lock:
+        with self._lock, torch.no_grad():
             version = self._version
             generator = self._make_generator(sampling.seed)
             # Chunks hold whole prompts (all n samples of a prompt share one prefill).
             per_chunk = len(encoded) if self.max_batch_size is None else self.max_batch_size // n
             per_chunk = max(1, per_chunk)
-            out: list[Completion] = []
-            for start in range(0, len(encoded), per_chunk):
-                chunk = encoded[start : start + per_chunk]
-                out.extend(self._generate_chunk(chunk, sampling, n, generator, version))
+            was_training = self.model.training
+            self.model.eval()  # no dropout while sampling; the caller's mode is restored below
+            try:
+                out: list[Completion] = []
+                for start in range(0, len(encoded), per_chunk):
+                    chunk = encoded[start : start + per_chunk]
+                    out.extend(self._generate_chunk(chunk, sampling, n, generator, version))
+            finally:
+                self.model.train(was_training)
         return out
 
     # ------------------------------------------------------------------ internals
