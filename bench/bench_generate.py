@@ -35,14 +35,20 @@ def rate(engine: TorchEngine, prompts: list[str], sampling: SamplingParams, n: i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="HF model directory (default: the embedded tiny model, random weights)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", help="HF model directory (default: the embedded tiny model, random weights)"
+    )
     parser.add_argument("--prompts", type=int, default=16, help="prompts per batch")
     parser.add_argument("--n", type=int, default=4, help="samples per prompt")
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per sample")
     parser.add_argument("--repeats", type=int, default=3, help="runs per mode; the best is reported")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     if args.model:
         cached = TorchEngine.from_pretrained(args.model, device=args.device)
@@ -62,7 +68,9 @@ def main() -> None:
         f"model: {args.model or 'embedded tiny (random init)'}, {count_parameters(model):,} parameters; "
         f"device {args.device}, torch threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}"
     )
-    print(f"batch: {args.prompts} prompts x n={args.n}, {args.new_tokens} new tokens each, best of {args.repeats}")
+    print(
+        f"batch: {args.prompts} prompts x n={args.n}, {args.new_tokens} new tokens each, best of {args.repeats}"
+    )
     print(f"KV cache : {kv:10.1f} tokens/s")
     print(f"no cache : {no_kv:10.1f} tokens/s")
     print(f"speed-up : {kv / no_kv:10.2f}x")
