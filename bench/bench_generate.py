@@ -46,7 +46,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per sample")
     parser.add_argument("--repeats", type=int, default=3, help="runs per mode; the best is reported")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     if args.model:
         cached = TorchEngine.from_pretrained(args.model, device=args.device)

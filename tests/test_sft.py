@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from asympo.data.arithmetic import ArithmeticConfig, arithmetic_problems
 from asympo.engines.base import SamplingParams
@@ -14,6 +15,16 @@ from asympo.evaluate import evaluate
 from asympo.models.tiny import TinyModelConfig
 from asympo.rewards.arithmetic import arithmetic_reward
 from asympo.sft import SFTConfig, cache_root, sft_cache_path, train_sft, warmup
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny matrices: 1 intra-op thread is fastest, and far faster on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 SMALL = TinyModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128)
 TASK = ArithmeticConfig(digits=1, ops=("+",), n_train=80, n_test=20)
@@ -50,8 +61,27 @@ def test_stops_when_validation_target_is_reached(monkeypatch):
     cfg = small_cfg(steps=100, target_pass1=0.3, eval_every=4, n_val=10)
     _, _, stats = train_sft(cfg, progress=False)
     assert stats["steps"] == 12 and stats["reached_target"] and stats["val_pass1"] == 0.31
+    assert stats["chosen_step"] == 12
     assert stats["val_curve"] == [(4, 0.1), (8, 0.25), (12, 0.31)]
     assert seen == [10, 10, 10]  # the held-out slice of the train split
+
+
+def test_overshoot_keeps_the_checkpoint_closest_to_the_target(monkeypatch):
+    scripted = iter([0.1, 0.28, 0.6])
+    snapshots = {}
+
+    def fake_val(model, tokenizer, problems, cfg):
+        snapshots[len(snapshots)] = {k: v.clone() for k, v in model.state_dict().items()}
+        return next(scripted)
+
+    monkeypatch.setattr("asympo.sft._val_pass1", fake_val)
+    model, _, stats = train_sft(
+        small_cfg(steps=100, target_pass1=0.3, eval_every=4, n_val=10), progress=False
+    )
+    assert stats["steps"] == 12 and stats["chosen_step"] == 8 and stats["val_pass1"] == 0.28
+    final = model.state_dict()
+    assert all(torch.equal(final[k], v) for k, v in snapshots[1].items())  # the weights of step 8
+    assert not all(torch.equal(final[k], v) for k, v in snapshots[2].items())
 
 
 def test_validation_problems_are_not_trained_on():

@@ -5,8 +5,9 @@ the answer tokens (and the EOS after them) only. Small transformers learn additi
 whose timing varies with the seed (and with the floating-point details of the machine), so a fixed step
 count lands anywhere from "hardly any" to "nearly all" correct. The warm-up therefore stops on a measured
 target instead: every `eval_every` steps it samples the validation problems (a slice of the train split
-held out from SFT) at temperature 1 and stops once pass@1 reaches `target_pass1` (default 0.3) — clearly
-able, far from solved, which leaves RL room to show an improvement. Measurements in docs/engines.md.
+held out from SFT) at temperature 1 and stops once pass@1 reaches `target_pass1` (default 0.3), keeping
+the checkpoint (this check or the previous one) closest to the target — clearly able, far from solved,
+which leaves RL room to show an improvement. Measurements in docs/engines.md.
 
 The result is a HF model directory (safetensors + tokenizer + `sft.json`) under
 `${ASYMPO_CACHE:-~/.cache/asympo}/sft/<hash of the config>/`, written atomically (temp dir, fsync, rename);
@@ -38,9 +39,17 @@ from asympo.models.tiny import TinyModelConfig, build_tiny_model, count_paramete
 from asympo.models.tokenizer import build_char_tokenizer
 from asympo.rewards.arithmetic import arithmetic_reward
 
-__all__ = ["SFT_FORMAT_VERSION", "SFTConfig", "cache_root", "sft_cache_path", "warmup"]
+__all__ = [
+    "SFT_FORMAT_VERSION",
+    "SFTConfig",
+    "cache_root",
+    "sft_cache_path",
+    "torch_threads",
+    "train_sft",
+    "warmup",
+]
 
-SFT_FORMAT_VERSION = 2
+SFT_FORMAT_VERSION = 3
 """Bump when the training code changes what a config produces, so old cache entries are not reused."""
 
 IGNORE = -100
@@ -68,8 +77,9 @@ class SFTConfig:
     """Gradient-norm clip."""
     target_pass1: float | None = 0.3
     """Stop once validation pass@1 (temperature 1) reaches this; None trains all `steps`."""
-    eval_every: int = 50
-    """Steps between validation checks."""
+    eval_every: int = 25
+    """Steps between validation checks. When the target is crossed, the weights of the check closest to
+    it (this one or the previous) are kept."""
     n_val: int = 200
     """Problems at the end of the train split held out from SFT for the validation check (RL may use
     them: they are train problems)."""
@@ -184,8 +194,32 @@ def _fsync_tree(path: Path) -> None:
         os.close(fd)
 
 
-def train_sft(cfg: SFTConfig, progress: bool = True) -> tuple[torch.nn.Module, Any, dict]:
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the block with `n` intra-op threads (None: leave torch's setting), restoring it afterwards.
+
+    Why 1 by default: on a 2-core machine shared with anything else (the rollout process, other jobs),
+    2 OpenMP threads on matrices this small spin and get descheduled; measured 0.056 s/step with 1 thread
+    vs 1.0-1.2 s/step with 2 under load (docs/engines.md).
+    """
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def train_sft(
+    cfg: SFTConfig, progress: bool = True, threads: int | None = 1
+) -> tuple[torch.nn.Module, Any, dict]:
     """Build and train the model in memory; returns (model, tokenizer, stats)."""
+    with torch_threads(threads):
+        return _train_sft(cfg, progress)
+
+
+def _train_sft(cfg: SFTConfig, progress: bool) -> tuple[torch.nn.Module, Any, dict]:
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(cfg.model, tokenizer).train()
     train_problems, val_problems = _split(cfg)
@@ -195,6 +229,8 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> tuple[torch.nn.Module, A
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg))
     losses: list[float] = []
     val_curve: list[tuple[int, float]] = []
+    previous: tuple[int, float, dict] | None = None  # last check below the target: step, pass@1, weights
+    chosen: tuple[int, float] | None = None
     start = time.perf_counter()
     bar = _progress_bar(progress)
     with bar or contextlib.nullcontext():
@@ -217,16 +253,32 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> tuple[torch.nn.Module, A
                 recent = sum(losses[-20:]) / len(losses[-20:])
                 bar.update(task, advance=1, loss=recent, val=val_curve[-1][1] if val_curve else float("nan"))
             if evaluated and val_curve[-1][1] >= cfg.target_pass1:
+                # The transition can jump past the target between two checks; keep whichever of the
+                # two checkpoints is closer to it.
+                if (
+                    previous is not None
+                    and cfg.target_pass1 - previous[1] < val_curve[-1][1] - cfg.target_pass1
+                ):
+                    model.load_state_dict(previous[2])
+                    chosen = previous[:2]
                 if bar:
                     bar.update(task, total=step)
                 break
+            if evaluated:
+                previous = (
+                    step,
+                    val_curve[-1][1],
+                    {k: v.detach().clone() for k, v in model.state_dict().items()},
+                )
+    chosen = chosen or (val_curve[-1] if val_curve else None)
     reached = cfg.target_pass1 is not None and bool(val_curve) and val_curve[-1][1] >= cfg.target_pass1
     stats = {
         "seconds": time.perf_counter() - start,
         "parameters": count_parameters(model),
         "steps": len(losses),
         "reached_target": reached,
-        "val_pass1": val_curve[-1][1] if val_curve else None,
+        "chosen_step": chosen[0] if chosen else len(losses),
+        "val_pass1": chosen[1] if chosen else None,
         "val_curve": val_curve,
         "loss_first": losses[0],
         "loss_last": sum(losses[-20:]) / len(losses[-20:]),
@@ -253,19 +305,23 @@ def _progress_bar(enabled: bool) -> Any:
 
 
 def warmup(
-    cfg: SFTConfig | None = None, cache_dir: str | os.PathLike | None = None, progress: bool = True
+    cfg: SFTConfig | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    threads: int | None = 1,
 ) -> Path:
     """The SFT'd model directory for `cfg`, trained now or taken from the cache.
 
     Load it with `TorchEngine.from_pretrained(path)` or `AutoModelForCausalLM.from_pretrained(path)` plus
     `asympo.models.load_tokenizer(path)`. `sft.json` in it records the config and the training stats.
+    `threads`: torch intra-op threads while training (see `torch_threads`; None keeps the current setting).
     """
     cfg = cfg or SFTConfig()
     final = sft_cache_path(cfg, cache_dir)
     if (final / "sft.json").is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    model, tokenizer, stats = train_sft(cfg, progress=progress)
+    model, tokenizer, stats = train_sft(cfg, progress=progress, threads=threads)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
     try:
         save_pretrained(model, tokenizer, tmp)
@@ -296,6 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--seed", type=int, default=defaults.seed, help="batch order and model init seed")
     parser.add_argument("--cache-dir", default=None, help="default: $ASYMPO_CACHE or ~/.cache/asympo")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads while training")
     parser.add_argument("--eval-n", type=int, default=4, help="samples per held-out problem (temperature 1)")
     args = parser.parse_args(argv)
 
@@ -307,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
     )
     start = time.perf_counter()
-    path = warmup(cfg, cache_dir=args.cache_dir)
+    path = warmup(cfg, cache_dir=args.cache_dir, threads=args.threads)
     elapsed = time.perf_counter() - start
     stats = json.loads((path / "sft.json").read_text())["stats"]
     engine = TorchEngine.from_pretrained(path)
@@ -325,10 +382,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"model: {path} ({stats['parameters']:,} parameters)")
     print(
-        f"warm-up: {stats['seconds']:.1f} s training ({elapsed:.1f} s this call, torch threads {torch.get_num_threads()})"
+        f"warm-up: {stats['seconds']:.1f} s training ({elapsed:.1f} s this call, {args.threads} torch thread(s))"
     )
     print(
-        f"stopped after {stats['steps']} steps (validation pass@1 {stats['val_pass1']}, target "
+        f"stopped after {stats['steps']} steps, kept step {stats['chosen_step']} (validation pass@1 "
+        f"{stats['val_pass1']}, target "
         f"{cfg.target_pass1}); loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f}"
     )
     print(

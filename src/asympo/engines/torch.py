@@ -44,7 +44,8 @@ def sample_next(
     logp follows the engine convention: log_softmax(logits / T) of the untruncated distribution
     (T = 1 for greedy decoding).
     """
-    logits = logits.float()
+    if logits.dtype != torch.float64:  # half-precision logits are upcast; float64 models keep their precision
+        logits = logits.float()
     if sampling.greedy:
         tokens = logits.argmax(dim=-1)
         logprobs = torch.log_softmax(logits, dim=-1)
@@ -290,7 +291,7 @@ class TorchEngine:
         rows = torch.arange(B, device=self.device)  # which original row each live row is
         next_pos = positions[:, -1] + 1  # [B]
         tokens = torch.full((B, sampling.max_new_tokens), self.pad_id, dtype=torch.long, device=self.device)
-        logps = torch.zeros((B, sampling.max_new_tokens), dtype=torch.float32, device=self.device)
+        logps = torch.zeros((B, sampling.max_new_tokens), dtype=torch.float64, device=self.device)
         lengths = torch.full((B,), sampling.max_new_tokens, dtype=torch.long, device=self.device)
         stopped = torch.zeros((B,), dtype=torch.bool, device=self.device)
         eos = torch.tensor(sorted(self.eos_ids), device=self.device)
@@ -298,7 +299,7 @@ class TorchEngine:
         for step in range(sampling.max_new_tokens):
             tok, lp = sample_next(logits, sampling, generator)  # [b], [b]
             tokens[rows, step] = tok
-            logps[rows, step] = lp
+            logps[rows, step] = lp.double()
             if sampling.ignore_eos:
                 done = torch.zeros_like(tok, dtype=torch.bool)
             else:
