@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -135,3 +136,40 @@ class BackendBase:
             out["buffer/size"] = float(len(self.buffer))
             out["workers/restarts"] = float(self.restarts)
             return out
+
+
+class DispatchingBackend(BackendBase):
+    """A backend whose rollout side is driven by a dispatcher thread in the learner's process
+    (the process and Ray backends): `_dispatch_once` issues, sends and collects; the learner only waits on
+    the buffer."""
+
+    def __init__(self, scheduler: PromptScheduler, buffer_cfg: BufferConfig, batch_timeout_s: float):
+        super().__init__(scheduler, buffer_cfg)
+        self.batch_timeout_s = batch_timeout_s
+        self._learner_version = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _start_dispatcher(self, name: str) -> None:
+        self._thread = threading.Thread(target=self._dispatch_loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _stop_dispatcher(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def next_batch(self, learner_version: int, n_groups: int) -> Batch:
+        with self.lock:
+            self._learner_version = learner_version
+        return self.buffer.get_batch(n_groups, learner_version, timeout=self.batch_timeout_s)
+
+    def _dispatch_loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._dispatch_once()
+        except BaseException:
+            self.buffer.close("rollout dispatcher failed:\n" + traceback.format_exc())
+
+    def _dispatch_once(self) -> None:
+        raise NotImplementedError

@@ -15,14 +15,13 @@ Both satisfy the `Backend` protocol (`asympo.runtime.backend`).
 from __future__ import annotations
 
 import queue as queue_mod
-import threading
 import time
 import traceback
 from collections import deque
 
 import torch
 
-from asympo.runtime.backend import BackendBase, WorkerSpec, build_worker, worker_spec
+from asympo.runtime.backend import BackendBase, DispatchingBackend, WorkerSpec, build_worker, worker_spec
 from asympo.runtime.buffer import BufferConfig
 from asympo.runtime.records import Batch, PromptTask
 from asympo.runtime.scheduler import PromptScheduler
@@ -117,7 +116,7 @@ class _WorkerHandle:
         self.process.start()
 
 
-class ProcessBackend(BackendBase):
+class ProcessBackend(DispatchingBackend):
     """Rollout worker processes generating while the learner trains."""
 
     def __init__(
@@ -131,20 +130,16 @@ class ProcessBackend(BackendBase):
         batch_timeout_s: float = 1800.0,
         max_restarts: int = 3,
     ):
-        super().__init__(scheduler, buffer_cfg)
+        super().__init__(scheduler, buffer_cfg, batch_timeout_s)
         if num_workers < 1:
             raise ValueError(f"rollout.num_workers must be >= 1, got {num_workers}")
         self.spec = worker_spec(spec, buffer_cfg)
         self.num_workers = num_workers
         self.max_tasks = max_tasks_per_call
-        self.batch_timeout_s = batch_timeout_s
         self.max_restarts = max_restarts  # per worker; a worker that keeps dying stops the run
         self._ctx = torch.multiprocessing.get_context("spawn")
         self.workers: list[_WorkerHandle] = []
         self._history: dict[int, State] = {}  # published versions a (re)started worker may still need
-        self._learner_version = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -153,13 +148,10 @@ class ProcessBackend(BackendBase):
             _WorkerHandle(self._ctx, self.spec, i, self.max_tasks) for i in range(self.num_workers)
         ]
         self.publish(state, version)
-        self._thread = threading.Thread(target=self._dispatch_loop, name="asympo-dispatch", daemon=True)
-        self._thread.start()
+        self._start_dispatcher("asympo-dispatch")
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._stop_dispatcher()
         for w in self.workers:
             try:
                 w.task_q.put(None)
@@ -185,22 +177,12 @@ class ProcessBackend(BackendBase):
                 w.weight_q.put((version, shared))
             self._learner_version = version
 
-    def next_batch(self, learner_version: int, n_groups: int) -> Batch:
-        with self.lock:
-            self._learner_version = learner_version
-        batch = self.buffer.get_batch(n_groups, learner_version, timeout=self.batch_timeout_s)
-        return batch
-
     # ------------------------------------------------------------------ dispatcher thread
 
-    def _dispatch_loop(self) -> None:
-        try:
-            while not self._stop.is_set():
-                self._issue()
-                self._collect()
-                self._watch_workers()
-        except BaseException:
-            self.buffer.close("rollout dispatcher failed:\n" + traceback.format_exc())
+    def _dispatch_once(self) -> None:
+        self._issue()
+        self._collect()
+        self._watch_workers()
 
     def _issue(self) -> None:
         with self.lock:

@@ -20,8 +20,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import threading
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,9 +33,9 @@ except ImportError as e:  # pragma: no cover - exercised by a test that hides ra
         "the Ray backend needs Ray, which is not installed; install it with `pip install 'asympo[ray]'`"
     ) from e
 
-from asympo.runtime.backend import BackendBase, WorkerSpec, build_worker
+from asympo.runtime.backend import DispatchingBackend, WorkerSpec, build_worker
 from asympo.runtime.buffer import BufferConfig
-from asympo.runtime.records import Batch, PromptTask, RolloutGroup
+from asympo.runtime.records import PromptTask, RolloutGroup
 from asympo.runtime.scheduler import PromptScheduler
 from asympo.runtime.sync import State, WeightStore
 
@@ -189,7 +187,7 @@ class _Slot:
 # ---------------------------------------------------------------------------------------------- backend
 
 
-class RayBackend(BackendBase):
+class RayBackend(DispatchingBackend):
     """Rollout actors on a Ray cluster generating while the learner (in this process) trains."""
 
     def __init__(
@@ -204,7 +202,7 @@ class RayBackend(BackendBase):
         ray_address: str | None = None,
         worker_resources: dict | None = None,
     ):
-        super().__init__(scheduler, buffer_cfg)
+        super().__init__(scheduler, buffer_cfg, batch_timeout_s)
         if not isinstance(num_workers, int) or num_workers < 1:
             raise ValueError(f"rollout.num_workers must be an int >= 1, got {num_workers!r}")
         if not isinstance(max_tasks_per_call, int) or max_tasks_per_call < 1:
@@ -214,17 +212,13 @@ class RayBackend(BackendBase):
         self.spec = spec
         self.num_workers = num_workers
         self.max_tasks = max_tasks_per_call
-        self.batch_timeout_s = batch_timeout_s
         self.ray_address = ray_address
         self.options = actor_options(spec, worker_resources)
         self.slots: list[_Slot] = []
         # Published versions (object refs) that a task or a restarted actor may still need.
         self._history = WeightStore()
         self._waiting: list[PromptTask] = []  # issued, not yet sent to an actor
-        self._learner_version = 0
         self._owns_ray = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -243,16 +237,13 @@ class RayBackend(BackendBase):
             self.close()
             raise RuntimeError(msg) from e
         self.publish(state, version)
-        self._thread = threading.Thread(target=self._dispatch_loop, name="asympo-ray-dispatch", daemon=True)
-        self._thread.start()
+        self._start_dispatcher("asympo-ray-dispatch")
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._stop_dispatcher()
         with self.lock:
             for s in self.slots:
                 ray.kill(s.actor, no_restart=True)
@@ -277,21 +268,12 @@ class RayBackend(BackendBase):
             self._history.prune(version - (self.buffer_cfg.fixed_delay or 0))
             self._learner_version = version
 
-    def next_batch(self, learner_version: int, n_groups: int) -> Batch:
-        with self.lock:
-            self._learner_version = learner_version
-        return self.buffer.get_batch(n_groups, learner_version, timeout=self.batch_timeout_s)
-
     # ------------------------------------------------------------------ dispatcher thread
 
-    def _dispatch_loop(self) -> None:
-        try:
-            while not self._stop.is_set():
-                self._issue()
-                self._send()
-                self._collect()
-        except BaseException:
-            self.buffer.close("rollout dispatcher failed:\n" + traceback.format_exc())
+    def _dispatch_once(self) -> None:
+        self._issue()
+        self._send()
+        self._collect()
 
     def _issue(self) -> None:
         with self.lock:
