@@ -6,6 +6,7 @@ prompts x n x max_new_tokens tokens. Prints both rates and their ratio.
     python bench/bench_generate.py                      # the embedded model shape, random weights
     python bench/bench_generate.py --model PATH         # any HF model directory
     python bench/bench_generate.py --new-tokens 128 --prompts 16 --n 4
+    python bench/bench_generate.py --device cuda --hidden-size 1024 --layers 16 --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from dataclasses import replace
 
 import torch
 
@@ -47,6 +49,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per mode; the best is reported")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--hidden-size", type=int, default=None, help="width of the random model (default: embedded)")
+    parser.add_argument("--layers", type=int, default=None, help="layers of the random model (default: embedded)")
+    parser.add_argument("--dtype", default="float32", help="dtype of the random model (float32, bfloat16)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -55,7 +60,19 @@ def main() -> None:
         model, tok = cached.model, cached.tokenizer
     else:
         tok = build_char_tokenizer()
-        model = build_tiny_model(TinyModelConfig(), tok).to(args.device)
+        shape = TinyModelConfig()
+        if args.hidden_size:
+            heads = max(4, args.hidden_size // 64)
+            shape = replace(
+                shape,
+                hidden_size=args.hidden_size,
+                num_heads=heads,
+                num_kv_heads=max(1, heads // 4),
+                intermediate_size=int(args.hidden_size * 8 / 3) // 64 * 64,
+            )
+        if args.layers:
+            shape = replace(shape, num_layers=args.layers)
+        model = build_tiny_model(shape, tok).to(args.device, getattr(torch, args.dtype))
     prompts = [f"{17 * i % 100}+{31 * i % 100}=" for i in range(args.prompts)]
     sampling = SamplingParams(temperature=0.0, max_new_tokens=args.new_tokens, ignore_eos=True)
     cached = TorchEngine(model, tok, use_kv_cache=True)

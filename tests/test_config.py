@@ -71,3 +71,21 @@ def test_describe_documents_every_field():
     assert "learner.objective" in keys and "buffer.fixed_delay" in keys and "rollout.group_size" in keys
     undocumented = [k for k, _, doc in rows if not doc]
     assert undocumented == [], undocumented
+
+
+def test_unusable_device_is_a_clear_error(monkeypatch):
+    import torch
+
+    from asympo.train import check_device
+
+    check_device("cpu")
+    with pytest.raises(ValueError, match="not a torch device"):
+        check_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="sees no CUDA GPU.*model.device=cpu"):
+        check_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    check_device("cuda:0")
+    with pytest.raises(ValueError, match="only 1 CUDA device"):
+        check_device("cuda:1")

@@ -79,6 +79,26 @@ def load_task(cfg: TrainConfig, split: str, tokenizer=None) -> list[Problem]:
     return load_problems(t.name, split, fields=t.fields or None, template=t.template, tokenizer=tokenizer)
 
 
+def check_device(device: str) -> None:
+    """Raise a ValueError that says what to do when `device` cannot be used on this machine."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"model.device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"model.device={device!r} but this torch build sees no CUDA GPU "
+                f"(torch {torch.__version__}); use --set model.device=cpu or install a CUDA build of torch"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"model.device={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"model.device={device!r} but MPS is not available; use --set model.device=cpu")
+
+
 def validate(cfg: TrainConfig) -> None:
     """Checks that need no model: the reward and the task resolve (before any work starts)."""
     from asympo.rewards import get_reward
@@ -91,6 +111,7 @@ def validate(cfg: TrainConfig) -> None:
             raise ImportError("backend=ray needs Ray, which is not installed: pip install 'asympo[ray]'")
     if cfg.model.path != "embedded":
         check_model_path(cfg.model.path)
+    check_device(cfg.model.device)
     if cfg.task.name not in ("arithmetic", "gsm8k", "math500") and not cfg.task.name.startswith("hf:"):
         if not Path(cfg.task.name).exists():
             raise FileNotFoundError(
