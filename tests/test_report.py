@@ -431,6 +431,21 @@ def test_study_report_tables_hold_the_means_over_seeds(study_report):
     )
 
 
+def test_study_summary_markdown_holds_the_same_numbers(study_report):
+    study_dir, rows, _ = study_report
+    md = (study_dir / "summary.md").read_text()
+    assert "| objective | staleness 0 | staleness 8 |" in md
+    for objective in OBJECTIVES:
+        cells = []
+        for staleness in STALENESS:
+            group = [r for r in rows if r["objective"] == objective and r["staleness"] == staleness]
+            pass1 = np.array([r["final_pass1"] for r in group])
+            collapsed = sum(r["collapsed"] for r in group)
+            cells.append(f"{pass1.mean():.3f} ± {pass1.std(ddof=1):.3f} ({collapsed}/3)")
+        assert f"| {objective} | {cells[0]} | {cells[1]} |" in md, objective
+    assert "## start_pass1" in md and "| naive | 0.400 ± 0.000 | 0.400 ± 0.000 |" in md
+
+
 def test_learning_rate_sweep_gets_its_own_plot_and_groups(tmp_path):
     rows = write_study(tmp_path, cells=False, lrs=(3e-5, 1e-4, 3e-4))
     report = build_report(tmp_path)

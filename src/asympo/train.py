@@ -84,7 +84,9 @@ def check_device(device: str) -> None:
     try:
         dev = torch.device(device)
     except RuntimeError as e:
-        raise ValueError(f"model.device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from e
+        raise ValueError(
+            f"model.device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)"
+        ) from e
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(

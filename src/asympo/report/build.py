@@ -10,12 +10,14 @@ from pathlib import Path
 from asympo.report.figures import Plot
 from asympo.report.html import run_page, study_page
 from asympo.report.io import METRICS_FILE, RESULTS_FILE, ReportError, describe_contents, existing_dir
+from asympo.report.markdown import study_markdown
 from asympo.report.run_plots import plot_run
 from asympo.report.runs import is_run_dir, load_run
 from asympo.report.studies import is_study_dir, load_study
 from asympo.report.study_plots import plot_study
 
 REPORT_FILE = "report.html"
+SUMMARY_FILE = "summary.md"
 PLOTS_DIR = "plots"
 
 
@@ -31,7 +33,8 @@ class Report:
 
 
 def build_report(path: str | Path, *, window: int | None = None, embed: bool = True) -> Report:
-    """Write `DIR/plots/*.png` and `DIR/report.html` for a run or study directory.
+    """Write `DIR/plots/*.png` and `DIR/report.html` (and, for a study, `DIR/summary.md`) for a run or
+    study directory.
 
     window: smoothing window in steps (default: about 1/20 of the run). embed: put the PNGs into the
     HTML as base64 so the page is one self-contained file; otherwise it links `plots/NAME.png`.
@@ -45,6 +48,7 @@ def build_report(path: str | Path, *, window: int | None = None, embed: bool = T
         study = load_study(path)
         plots = plot_study(study, plots_dir, window)
         html, kind, warnings = study_page(study, plots, path, embed), "study", study.warnings
+        _write_atomic(path / SUMMARY_FILE, study_markdown(study))
     elif is_run_dir(path):
         run = load_run(path)
         plots = plot_run(run, plots_dir, window)

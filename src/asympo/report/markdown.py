@@ -1,0 +1,67 @@
+"""The study's tables as Markdown (`DIR/summary.md`), for docs and pull requests: the same numbers as the
+HTML report (`summaries.group_results`), so a results page quotes generated tables, never hand-typed ones."""
+
+from __future__ import annotations
+
+from asympo.report.stats import Summary
+from asympo.report.studies import StudyData
+from asympo.report.summaries import GroupResult, group_results
+
+
+def md_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured Markdown table; `|` inside a cell is escaped."""
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(headers), line(["---"] * len(headers)), *(line(r) for r in rows)])
+
+
+def _label(g: GroupResult, with_lr: bool) -> str:
+    return f"{g.objective} lr={g.lr:g}" if with_lr and g.lr is not None else g.objective
+
+
+def pivot_table(groups: list[GroupResult], with_lr: bool, value: str = "pass1") -> str:
+    """Objective rows × staleness columns: mean ± std over seeds of `value` (pass1, reward or an extra
+    column), with the collapsed seeds in brackets for pass1."""
+    levels = sorted({g.staleness for g in groups})
+    cells: dict[str, dict[int, str]] = {}
+    for g in groups:
+        s: Summary = (
+            getattr(g, value) if value in ("pass1", "reward") else g.extra.get(value, Summary(0, 0, 0))
+        )
+        text = s.format()
+        if value == "pass1":
+            text += f" ({g.collapse_text()})"
+        cells.setdefault(_label(g, with_lr), {})[g.staleness] = text
+    rows = [[label, *(by.get(level, "") for level in levels)] for label, by in cells.items()]
+    return md_table(["objective", *(f"staleness {lv}" for lv in levels)], rows)
+
+
+def study_markdown(study: StudyData) -> str:
+    """`summary.md` of a study: final held-out pass@1, final reward and the extra columns, per group."""
+    groups = group_results(study)
+    if not groups:
+        return f"# Study {study.path.name}\n\nNo results yet.\n"
+    with_lr = len(study.result_lrs) > 1
+    seeds = sorted({s for g in groups for s in g.seeds})
+    parts = [
+        f"# Study {study.path.name}",
+        f"{len(study.rows)} cells; seeds {', '.join(map(str, seeds))}. Every entry is the mean ± sample "
+        "standard deviation (ddof=1) over seeds.",
+        "## Final held-out pass@1 (collapsed seeds / seeds)",
+        pivot_table(groups, with_lr, "pass1"),
+        "## Final training reward (mean of the last 10% of steps)",
+        pivot_table(groups, with_lr, "reward"),
+    ]
+    for key in groups[0].extra:
+        if key == "wall_s":
+            continue
+        parts += [f"## {key}", pivot_table(groups, with_lr, key)]
+    walls = [g.extra["wall_s"] for g in groups if "wall_s" in g.extra and g.extra["wall_s"].n]
+    if walls:
+        total = sum(w.mean * w.n for w in walls)
+        parts.append(
+            f"Cell wall time: {total / 60:.1f} min in all (sum over cells, not the study's elapsed time)."
+        )
+    return "\n\n".join(parts) + "\n"
