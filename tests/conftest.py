@@ -16,3 +16,15 @@ def tiny_model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_model")
     save_pretrained(build_tiny_model(cfg, tok), tok, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny matrices: 1 intra-op thread is fastest, and far faster on a shared 2-core machine.
+    Use per module: `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

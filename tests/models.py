@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def tiny_qwen2(vocab: int = 61, *, tie: bool = False, seed: int = 0):
-    """A 2-layer Qwen2 with hidden size 32, randomly initialised from `seed`."""
+def tiny_qwen2(vocab: int = 61, *, tie: bool = False, seed: int = 0, **config):
+    """A 2-layer Qwen2 with hidden size 32, randomly initialised from `seed`; `config` sets further
+    Qwen2Config fields (e.g. pad_token_id)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
@@ -19,5 +20,6 @@ def tiny_qwen2(vocab: int = 61, *, tie: bool = False, seed: int = 0):
         num_key_value_heads=2,
         max_position_embeddings=64,
         tie_word_embeddings=tie,
+        **config,
     )
     return Qwen2ForCausalLM(cfg)

@@ -13,14 +13,7 @@ from asympo.engines.torch import TorchEngine, sample_next, top_p_filter
 from asympo.models.tiny import TinyModelConfig, build_tiny_model, save_pretrained
 from asympo.models.tokenizer import build_char_tokenizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny matrices: 1 intra-op thread is fastest, and far faster on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 PROMPTS = ["1+2=", "345+678=", "9-", "abc def ghi jkl"]  # different lengths -> left padding matters

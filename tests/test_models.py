@@ -16,14 +16,7 @@ from asympo.models import (
 )
 from asympo.models.tokenizer import CHARSET, SPECIAL_TOKENS
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny matrices: 1 intra-op thread is fastest, and far faster on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TEXTS = ["12+34=46", "  leading and trailing  ", "multi\nline\n\n", "~!@#$%^&*()_+{}|:\"<>?`-=[]\\;',./", ""]

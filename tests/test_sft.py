@@ -16,14 +16,7 @@ from asympo.models.tiny import TinyModelConfig
 from asympo.rewards.arithmetic import arithmetic_reward
 from asympo.sft import SFTConfig, cache_root, sft_cache_path, train_sft, warmup
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny matrices: 1 intra-op thread is fastest, and far faster on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SMALL = TinyModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128)

@@ -12,10 +12,11 @@ pytest.importorskip("trl", reason="needs the asympo[trl] extra")
 
 from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM
 
 from asympo.integrations.trl import ASymPOConfig, ASymPOTrainer
 from asympo.objectives import policy_loss
+from tests.models import tiny_qwen2
 
 pytestmark = pytest.mark.integration
 
@@ -31,21 +32,7 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_model(vocab_size: int) -> Qwen2ForCausalLM:
-    torch.manual_seed(0)
-    cfg = Qwen2Config(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=1,
-        tie_word_embeddings=True,
-    )
-    return Qwen2ForCausalLM(cfg)
+    return tiny_qwen2(vocab_size, tie=True, pad_token_id=0, eos_token_id=1, bos_token_id=1)
 
 
 def count_a(completions, **kwargs) -> list[float]:

@@ -150,33 +150,31 @@ def _loss(
     return loss, metrics
 
 
-@register_policy_loss("asympo")
-def compute_policy_loss_asympo(
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str = "seq-mean-token-mean",
-    config: Any = None,
-    rollout_is_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """ASymPO: per response A_i · l_i / sg(max(l_i, eps)); tensors `[B, T]`, returns (scalar loss, metrics)."""
-    return _loss(
-        "asympo", old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, rollout_is_weights
-    )
+def _policy_loss(name: str, doc: str):
+    """A verl policy-loss function (verl's keyword signature) for our objective `name`."""
+
+    def compute_policy_loss(
+        old_log_prob: torch.Tensor,
+        log_prob: torch.Tensor,
+        advantages: torch.Tensor,
+        response_mask: torch.Tensor,
+        loss_agg_mode: str = "seq-mean-token-mean",
+        config: Any = None,
+        rollout_is_weights: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        return _loss(
+            name, old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, rollout_is_weights
+        )
+
+    compute_policy_loss.__name__ = compute_policy_loss.__qualname__ = f"compute_policy_loss_{name}"
+    compute_policy_loss.__doc__ = doc
+    return register_policy_loss(name)(compute_policy_loss)
 
 
-@register_policy_loss("spo")
-def compute_policy_loss_spo(
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str = "seq-mean-token-mean",
-    config: Any = None,
-    rollout_is_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """SPO: per response c_i · A_i · l_i, c_i = 1 if A_i >= 0 else neg_scale; tensors `[B, T]`."""
-    return _loss(
-        "spo", old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, rollout_is_weights
-    )
+compute_policy_loss_asympo = _policy_loss(
+    "asympo",
+    "ASymPO: per response A_i · l_i / sg(max(l_i, eps)); tensors `[B, T]`, returns (scalar loss, metrics).",
+)
+compute_policy_loss_spo = _policy_loss(
+    "spo", "SPO: per response c_i · A_i · l_i, c_i = 1 if A_i >= 0 else neg_scale; tensors `[B, T]`."
+)
