@@ -124,6 +124,9 @@ def cli(*args, timeout=120):
         (["train", "--preset", "demo", "--model", "/no/such/model", "--out", "OUT"], "does not exist"),
         (["train", "--out", "OUT", "--resume"], "holds no run"),
         (["eval", "--model", "/no/such/model", "--dataset", "gsm8k"], "does not exist"),
+        (["eval", "--dataset", "gsm8k"], "exactly one of --model PATH (with --dataset) or --run DIR"),
+        (["eval", "--model", "embedded"], "--model needs --dataset"),
+        (["eval", "--run", "OUT"], "is not a run directory (no config.json)"),
     ],
 )
 def test_cli_errors_are_clear_and_early(args, message, tmp_path):
@@ -133,6 +136,21 @@ def test_cli_errors_are_clear_and_early(args, message, tmp_path):
     assert message in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "o" / "metrics.jsonl").exists()
+
+
+def test_eval_of_a_run_uses_its_checkpoint_and_task(tmp_path, tiny_model_dir):
+    from asympo.train import train
+
+    cfg = run_config(
+        tmp_path / "run", tiny_model_dir, "mode=sync", 'task.arithmetic={"n_train": 100, "n_test": 7}'
+    )
+    train(cfg, progress=False)
+    r = cli("eval", "--run", str(tmp_path / "run"), "--limit", "0")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["model"].endswith("step_00000003") and res["dataset"] == "arithmetic:test"
+    assert res["problems"] == 7  # the run's own n_test, not the default arithmetic task
+    assert res["n"] == 1  # the run's eval.n
 
 
 @pytest.mark.slow

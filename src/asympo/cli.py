@@ -166,6 +166,37 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_setup_from_run(args: argparse.Namespace):
+    """(model dir, problems, reward name, defaults) of `--run DIR`: its newest checkpoint, evaluated on its
+    own held-out split with its own task settings (arithmetic ranges, template, fields, reward)."""
+    from asympo.checkpoint import latest_checkpoint
+    from asympo.config import TrainConfig
+    from asympo.train import load_task
+
+    run = Path(args.run)
+    if not (run / "config.json").exists():
+        raise UserError(
+            f"--run {str(run)!r} is not a run directory (no config.json); pass the --out of a train run"
+        )
+    cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    model = latest_checkpoint(run / "checkpoints")
+    if model is None:
+        raise UserError(
+            f"--run {str(run)!r} has no complete checkpoint under checkpoints/ "
+            "(set checkpoint_every > 0, or evaluate a model directory with --model)"
+        )
+    from transformers import AutoTokenizer
+
+    problems = load_task(cfg, cfg.task.eval_split, AutoTokenizer.from_pretrained(str(model)))
+    defaults = {
+        "n": cfg.eval.n,
+        "limit": cfg.eval.limit,
+        "temperature": cfg.eval.temperature,
+        "max_new_tokens": cfg.rollout.max_new_tokens,
+    }
+    return str(model), problems, cfg.task.reward_name, f"{cfg.task.name}:{cfg.task.eval_split}", defaults
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
@@ -174,26 +205,39 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from asympo.evaluate import evaluate
     from asympo.rewards import get_reward
 
-    model = args.model
-    if model == "embedded":
-        from asympo.config import TrainConfig
-        from asympo.train import resolve_model_path
-
-        model = resolve_model_path(TrainConfig(), progress=True)
-    elif not Path(model).exists():
-        raise UserError(f"--model {model!r} does not exist")
-    elif not (Path(model) / "config.json").exists():
-        raise UserError(f"--model {model!r} is not a HF model directory (no config.json)")
-    if args.dataset in ("arith", "arithmetic"):
-        from asympo.data.arithmetic import ArithmeticConfig, arithmetic_problems
-
-        problems, reward = arithmetic_problems(ArithmeticConfig(), "test"), "arithmetic"
+    if (args.run is None) == (args.model is None):
+        raise UserError("asympo eval needs exactly one of --model PATH (with --dataset) or --run DIR")
+    defaults = {"n": 1, "limit": 0, "temperature": 0.0, "max_new_tokens": 512}
+    if args.run is not None:
+        if args.dataset:
+            raise UserError("--run evaluates on the run's own task; leave out --dataset (or use --model)")
+        model, problems, reward, dataset, defaults = _eval_setup_from_run(args)
     else:
-        from asympo.data import load_problems
+        if not args.dataset:
+            raise UserError("--model needs --dataset (gsm8k, math500 or arith)")
+        dataset, model = args.dataset, args.model
+        if model == "embedded":
+            from asympo.config import TrainConfig
+            from asympo.train import resolve_model_path
 
-        tok = AutoTokenizer.from_pretrained(model)
-        problems = load_problems(args.dataset, "test", template=args.template, tokenizer=tok)
-        reward = "math"
+            model = resolve_model_path(TrainConfig(), progress=True)
+        elif not Path(model).exists():
+            raise UserError(f"--model {model!r} does not exist")
+        elif not (Path(model) / "config.json").exists():
+            raise UserError(f"--model {model!r} is not a HF model directory (no config.json)")
+        if args.dataset in ("arith", "arithmetic"):
+            from asympo.data.arithmetic import ArithmeticConfig, arithmetic_problems
+
+            problems, reward = arithmetic_problems(ArithmeticConfig(), "test"), "arithmetic"
+        else:
+            from asympo.data import load_problems
+
+            tok = AutoTokenizer.from_pretrained(model)
+            problems = load_problems(args.dataset, "test", template=args.template, tokenizer=tok)
+            reward = "math"
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.limit:
         problems = problems[: args.limit]
     engine = TorchEngine.from_pretrained(model, device=args.device)
@@ -206,9 +250,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     workers = 0 if reward == "arithmetic" else 2
     with RewardPool(reward, RewardPoolConfig(num_workers=workers, timeout_s=5.0)) as pool:
         res = evaluate(engine, problems, get_reward(reward), n=args.n, sampling=sampling, scorer=pool.score)
-    print(
-        json.dumps({"model": str(model), "dataset": args.dataset, "problems": len(problems), **res}, indent=2)
-    )
+    print(json.dumps({"model": str(model), "dataset": dataset, "problems": len(problems), **res}, indent=2))
     return 0
 
 
@@ -287,14 +329,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval",
         help="held-out pass@1 / pass@k of a model, with the training reward code",
-        description="Evaluate a model on gsm8k, math500 or the arithmetic task.",
+        description="Evaluate a model on gsm8k, math500 or the arithmetic task, or a training run's newest "
+        "checkpoint on that run's own held-out task (--run). Prints JSON: pass@1, pass@n, counts.",
     )
-    p.add_argument("--model", required=True, help="HF model directory (a checkpoint dir works) or 'embedded'")
-    p.add_argument("--dataset", required=True, choices=["gsm8k", "math500", "arith", "arithmetic"])
-    p.add_argument("--n", type=int, default=1, help="samples per problem (pass@k for k <= n)")
-    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N problems (0 = all)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--model", help="HF model directory (a checkpoint dir works) or 'embedded'")
+    p.add_argument(
+        "--run",
+        metavar="DIR",
+        help="a train run's --out: its newest checkpoint on its own task settings, reward and eval defaults",
+    )
+    p.add_argument("--dataset", choices=["gsm8k", "math500", "arith", "arithmetic"], help="with --model")
+    p.add_argument("--n", type=int, help="samples per problem (pass@k for k <= n; default 1, or the run's)")
+    p.add_argument(
+        "--limit", type=int, help="evaluate only the first N problems (0 = all; default 0, or the run's)"
+    )
+    p.add_argument("--temperature", type=float, help="0 = greedy (default 0, or the run's eval temperature)")
+    p.add_argument("--max-new-tokens", type=int, help="default 512, or the run's rollout.max_new_tokens")
     p.add_argument("--template", choices=["plain", "chat"], default="plain")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
