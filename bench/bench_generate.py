@@ -49,8 +49,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per mode; the best is reported")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--hidden-size", type=int, default=None, help="width of the random model (default: embedded)")
-    parser.add_argument("--layers", type=int, default=None, help="layers of the random model (default: embedded)")
+    parser.add_argument(
+        "--hidden-size", type=int, default=None, help="width of the random model (default: embedded)"
+    )
+    parser.add_argument(
+        "--layers", type=int, default=None, help="layers of the random model (default: embedded)"
+    )
     parser.add_argument("--dtype", default="float32", help="dtype of the random model (float32, bfloat16)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
