@@ -444,6 +444,13 @@ def test_study_summary_markdown_holds_the_same_numbers(study_report):
             cells.append(f"{pass1.mean():.3f} ± {pass1.std(ddof=1):.3f} ({collapsed}/3)")
         assert f"| {objective} | {cells[0]} | {cells[1]} |" in md, objective
     assert "## start_pass1" in md and "| naive | 0.400 ± 0.000 | 0.400 ± 0.000 |" in md
+    # From the cells' own logs: the best evaluation (the last, as pass@1 rises in write_run) and the
+    # end-of-training diagnostics (entropy 2 - t/24 over the last 3 of 24 steps: 2 - 22/24).
+    best = md.split("## Best held-out pass@1", 1)[1]
+    group = [max(0.2, r["final_pass1"]) for r in rows if r["objective"] == "asympo" and r["staleness"] == 8]
+    assert f"{np.mean(group):.3f} ± {np.std(group, ddof=1):.3f} |" in best.split("##")[0]
+    entropy = md.split("## policy/entropy at the end of training", 1)[1].split("##")[0]
+    assert "| naive | 1.083 ± 0.000 | 1.083 ± 0.000 |" in entropy
 
 
 def test_learning_rate_sweep_gets_its_own_plot_and_groups(tmp_path):

@@ -3,9 +3,16 @@ HTML report (`summaries.group_results`), so a results page quotes generated tabl
 
 from __future__ import annotations
 
-from asympo.report.stats import Summary
+import math
+
+import numpy as np
+
+from asympo.report.stats import Summary, summarize
 from asympo.report.studies import StudyData
-from asympo.report.summaries import GroupResult, group_results
+from asympo.report.summaries import GroupResult, final_mean, group_results
+
+DIAGNOSTICS = ("nll/pos", "nll/neg", "grad/norm_pos", "grad/norm_neg", "policy/entropy")
+"""Per-step metrics whose end-of-training values (mean of the last 10% of steps) summary.md tabulates."""
 
 
 def md_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -38,6 +45,30 @@ def pivot_table(groups: list[GroupResult], with_lr: bool, value: str = "pass1") 
     return md_table(["objective", *(f"staleness {lv}" for lv in levels)], rows)
 
 
+def cell_table(study: StudyData, with_lr: bool, value) -> str:
+    """Objective rows × staleness columns of `value(run) -> float` over each group's cells (mean ± std
+    over seeds); empty when no cell has logs."""
+    groups: dict[str, dict[int, list[float]]] = {}
+    for cell in study.cells:
+        if cell.run is None:
+            continue
+        i = cell.info
+        label = f"{i.objective} lr={i.lr:g}" if with_lr and i.lr is not None else i.objective
+        groups.setdefault(label, {}).setdefault(i.staleness, []).append(value(cell.run))
+    if not groups:
+        return ""
+    order = {o: k for k, o in enumerate(study.objectives)}
+    labels = sorted(groups, key=lambda lb: (order.get(lb.split(" lr=")[0], 1 << 30), lb))
+    levels = sorted({lv for by in groups.values() for lv in by})
+    rows = [[lb, *(summarize(groups[lb].get(lv, [])).format() for lv in levels)] for lb in labels]
+    return md_table(["objective", *(f"staleness {lv}" for lv in levels)], rows)
+
+
+def _best_eval(run) -> float:
+    p = run.eval_pass1
+    return float(np.nanmax(p)) if len(p) and np.isfinite(p).any() else math.nan
+
+
 def study_markdown(study: StudyData) -> str:
     """`summary.md` of a study: final held-out pass@1, final reward and the extra columns, per group."""
     groups = group_results(study)
@@ -58,6 +89,15 @@ def study_markdown(study: StudyData) -> str:
         if key == "wall_s":
             continue
         parts += [f"## {key}", pivot_table(groups, with_lr, key)]
+    best = cell_table(study, with_lr, _best_eval)
+    if best:
+        parts += ["## Best held-out pass@1 at any evaluation (start included)", best]
+    for key in DIAGNOSTICS:
+        if not any(c.run is not None and np.isfinite(c.run.series(key)).any() for c in study.cells):
+            continue
+        table = cell_table(study, with_lr, lambda run, key=key: final_mean(run, key))
+        if table:
+            parts += [f"## {key} at the end of training (mean of the last 10% of steps)", table]
     walls = [g.extra["wall_s"] for g in groups if "wall_s" in g.extra and g.extra["wall_s"].n]
     if walls:
         total = sum(w.mean * w.n for w in walls)
