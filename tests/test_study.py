@@ -5,8 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
+import sys
 
-from asympo.study import STUDY_PRESETS, StudyConfig, cells_of, run_study
+import pytest
+
+from asympo.study import STUDY_PRESETS, ObjectiveSpec, StudyConfig, cells_of, parse_objective_spec, run_study
 
 
 def smoke(model_dir) -> StudyConfig:
@@ -69,3 +73,53 @@ def test_unfinished_cell_is_rerun(tmp_path, tiny_model_dir):
     run_study(study, out, parallel=1, progress=False, report=False)
     assert (cell / "summary.json").exists()
     assert len((cell / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_objective_specs_parse_names_and_hyperparameters():
+    assert parse_objective_spec("naive") == ObjectiveSpec("naive", {})
+    spec = parse_objective_spec("spo:neg_scale=0.2")
+    assert spec.hparams == {"neg_scale": 0.2} and spec.label == "spo(neg_scale=0.2)"
+    assert parse_objective_spec("asympo: rescale=batch_mean, eps=1e-3").hparams == {
+        "rescale": "batch_mean",
+        "eps": 0.001,
+    }
+    for bad in (":eps=1", "spo:neg_scale", "spo:=3"):
+        with pytest.raises(ValueError, match="objective spec"):
+            parse_objective_spec(bad)
+
+
+def test_study_cli_grid_overrides_are_validated_before_any_work(tmp_path):
+    def study(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "asympo", "study", "--out", str(tmp_path / "s"), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    r = study("--objectives", "naive", "spo:nope=1", "--staleness", "0")
+    assert r.returncode == 2 and "nope not valid for 'spo'" in r.stderr, r.stderr
+    r = study("--objectives", "bogus", "--staleness", "0")
+    assert r.returncode == 2 and "bogus" in r.stderr and "Traceback" not in r.stderr
+    r = study("--staleness", "-1")
+    assert r.returncode == 2 and "staleness levels must be ints >= 0" in r.stderr
+    assert not (tmp_path / "s" / "cells").exists()
+
+
+@pytest.mark.slow
+def test_smoke_preset_from_the_command_line(tmp_path):
+    """The real `smoke` preset (SFT start, embedded task) through the CLI, as a user runs it."""
+    out = tmp_path / "smoke"
+    cmd = [sys.executable, "-m", "asympo", "study", "--preset", "smoke", "--out", str(out), "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == len(cells_of(STUDY_PRESETS["smoke"])) == 4
+    for row in rows:
+        assert 0.0 < float(row["start_pass1"]) <= 1.0 and 0.0 <= float(row["final_pass1"]) <= 1.0
+    assert (out / "report.html").exists() and (out / "plots" / "final_vs_staleness.png").exists()
+    assert "| naive |" in (out / "summary.md").read_text()
+    before = {p: os.stat(p).st_mtime_ns for p in (out / "cells").glob("*/summary.json")}
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert {p: os.stat(p).st_mtime_ns for p in before} == before and len(before) == 4

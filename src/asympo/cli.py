@@ -268,12 +268,14 @@ def _cmd_study(args: argparse.Namespace) -> int:
         raise UserError(f"unknown study preset {args.preset!r}; valid: {', '.join(STUDY_PRESETS)}")
     if not args.out:
         raise UserError("asympo study needs --out DIR")
+    from asympo.study import parse_objective_spec
+
     base = STUDY_PRESETS[args.preset]
     study = StudyConfig(
-        objectives=base.objectives,
-        staleness=base.staleness,
+        objectives=[parse_objective_spec(o) for o in args.objectives] if args.objectives else base.objectives,
+        staleness=args.staleness or base.staleness,
         seeds=args.seeds or base.seeds,
-        lrs=base.lrs,
+        lrs=args.lrs or base.lrs,
         base=base.base,
         overrides=[*base.overrides, *([f"steps={args.steps}"] if args.steps else []), *args.overrides],
         collapse_fraction=base.collapse_fraction,
@@ -356,11 +358,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a study grid in the deterministic fixed-delay mode (resumable: finished "
         "cells are skipped). Collapse = final held-out pass@1 below half its start.",
     )
-    p.add_argument("--preset", default="smoke", help="smoke | staleness | lr (see --list-presets)")
+    p.add_argument("--preset", default="smoke", help="smoke | staleness | lr | rescale (see --list-presets)")
     p.add_argument("--out", metavar="DIR", help="study directory")
     p.add_argument("--parallel", type=int, default=2, help="cells run at once (processes)")
     p.add_argument("--steps", type=int, help="override every cell's optimiser steps")
     p.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
+    p.add_argument(
+        "--objectives",
+        nargs="+",
+        metavar="SPEC",
+        help="override the objectives: NAME or NAME:KEY=VALUE,... (e.g. naive spo:neg_scale=0.2 "
+        "asympo:rescale=batch_mean)",
+    )
+    p.add_argument("--staleness", type=int, nargs="+", metavar="D", help="override the staleness levels")
+    p.add_argument("--lrs", type=float, nargs="+", metavar="LR", help="override the learning rates")
     p.add_argument(
         "--set",
         dest="overrides",

@@ -89,6 +89,25 @@ class StudyConfig:
             raise ValueError(f"collapse_fraction must be in (0, 1), got {self.collapse_fraction}")
 
 
+def parse_objective_spec(text: str) -> ObjectiveSpec:
+    """`NAME` or `NAME:KEY=VALUE,KEY=VALUE` (values as JSON where they parse, else strings), e.g.
+    `spo:neg_scale=0.2` or `asympo:rescale=batch_mean`; the objective and its keys are checked when the
+    study builds its cell configs."""
+    name, _, rest = text.partition(":")
+    if not name.strip():
+        raise ValueError(f"objective spec {text!r} has no objective name (NAME or NAME:KEY=VALUE,...)")
+    hparams: dict = {}
+    for item in filter(None, (x.strip() for x in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"objective spec {text!r}: {item!r} is not KEY=VALUE")
+        try:
+            hparams[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            hparams[key.strip()] = value.strip()
+    return ObjectiveSpec(name.strip(), hparams)
+
+
 def _objectives(*specs: tuple) -> list[ObjectiveSpec]:
     return [ObjectiveSpec(name, dict(hp)) for name, hp in specs]
 
@@ -129,6 +148,16 @@ STUDY_PRESETS: dict[str, StudyConfig] = {
         staleness=[16],
         seeds=[0, 1, 2],
         lrs=[5e-5, 2e-4, 8e-4],
+        overrides=["steps=150", "eval.every=50", "eval.limit=200", "eval.n=4"],
+    ),
+    # Is ASymPO's behaviour its balance or its step size? Dividing by l_i scales the gradient up by about
+    # 1/mean(l); rescale=batch_mean divides that back out (DESIGN §2), keeping naive's step size.
+    "rescale": StudyConfig(
+        objectives=_objectives(
+            ("naive", {}), ("asympo", {}), ("asympo", {"rescale": "batch_mean"}), ("spo", {"neg_scale": 0.2})
+        ),
+        staleness=[0, 4, 16],
+        seeds=[0, 1, 2],
         overrides=["steps=150", "eval.every=50", "eval.limit=200", "eval.n=4"],
     ),
 }
