@@ -49,16 +49,19 @@ def cell_table(study: StudyData, with_lr: bool, value) -> str:
     """Objective rows × staleness columns of `value(run) -> float` over each group's cells (mean ± std
     over seeds); empty when no cell has logs."""
     groups: dict[str, dict[int, list[float]]] = {}
+    sort_keys: dict[str, tuple] = {}
+    order = {o: k for k, o in enumerate(study.objectives)}
     for cell in study.cells:
         if cell.run is None:
             continue
         i = cell.info
-        label = f"{i.objective} lr={i.lr:g}" if with_lr and i.lr is not None else i.objective
+        lr = i.lr if with_lr else None
+        label = f"{i.objective} lr={lr:g}" if lr is not None else i.objective
+        sort_keys[label] = (order.get(i.objective, 1 << 30), lr or 0.0)
         groups.setdefault(label, {}).setdefault(i.staleness, []).append(value(cell.run))
     if not groups:
         return ""
-    order = {o: k for k, o in enumerate(study.objectives)}
-    labels = sorted(groups, key=lambda lb: (order.get(lb.split(" lr=")[0], 1 << 30), lb))
+    labels = sorted(groups, key=sort_keys.__getitem__)
     levels = sorted({lv for by in groups.values() for lv in by})
     rows = [[lb, *(summarize(groups[lb].get(lv, [])).format() for lv in levels)] for lb in labels]
     return md_table(["objective", *(f"staleness {lv}" for lv in levels)], rows)
