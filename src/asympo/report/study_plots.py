@@ -216,7 +216,9 @@ def _curves_plot(
     styles = _linestyles(study)
     levels = study.staleness_levels
     nrows, ncols = _grid(len(levels))
-    fig, axes = new_figure(nrows, ncols, panel=(4.6, 3.4), sharey=True)
+    # One staleness level (an lr sweep): one wide panel, so many legend entries still leave room for it.
+    panel = (7.2, 4.6) if len(levels) == 1 else (4.6, 3.4)
+    fig, axes = new_figure(nrows, ncols, panel=panel, sharey=True)
     curves: dict[tuple[int, Series], list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
     for cell in study.cells:
         curve = _curve_of(cell.run, spec.key)
@@ -269,7 +271,12 @@ def _curves_plot(
             for ax in axes.flat:
                 ax.axhline(1.0, color="gray", linestyle=":", linewidth=1)
     handles, labels = _unique_handles(axes)
-    fig.legend(handles, labels, loc="outside right upper", fontsize="small")
+    if len(labels) > 8:  # a long legend goes under the panels, in columns, instead of squeezing them
+        fig.legend(
+            handles, labels, loc="outside lower center", ncols=min(4, -(-len(labels) // 3)), fontsize="small"
+        )
+    else:
+        fig.legend(handles, labels, loc="outside right upper", fontsize="small")
     fig.suptitle(f"{spec.title} per objective (mean over seeds)")
     smoothing = (
         "" if spec.key == EVAL_KEY else " Bold: smoothed with a centred moving average; faint: unsmoothed."
