@@ -44,7 +44,10 @@ def test_overrides():
         ("backend=slurm", r"backend must be one of local"),
         ("learner.lr=0", r"learner.lr must be > 0"),
         ("learner.bogus=1", r"unknown config key\(s\) learner.bogus; valid keys in learner: objective"),
-        ('learner.hparams={"neg_scale": 0.2}', r"neg_scale not valid for 'asympo'; valid: eps, rescale"),
+        (
+            'learner.hparams={"neg_scale": 0.2}',
+            r"neg_scale not valid for 'asympo'; valid: batch_nll, eps, rescale",
+        ),
     ],
 )
 def test_validation_errors_name_the_field(override, message):

@@ -118,12 +118,30 @@ def test_split_and_micro_batches_give_the_same_gradient():
     g_plain, _ = _grads_after_step(LearnerConfig(**base, grad_split_every=0), batch)
     g_split, m = _grads_after_step(LearnerConfig(**base, grad_split_every=1), batch)
     g_micro, _ = _grads_after_step(LearnerConfig(**base, grad_split_every=0, micro_batch_size=3), batch)
-    for a, b, c in zip(g_plain, g_split, g_micro):
+    # both at once (the split path must add each micro-batch's gradient once, not the running sums)
+    g_both, m_both = _grads_after_step(LearnerConfig(**base, grad_split_every=1, micro_batch_size=3), batch)
+    for a, b, c, d in zip(g_plain, g_split, g_micro, g_both):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(a, d, rtol=1e-5, atol=1e-7)
+    assert m_both["grad/norm_pos"] == pytest.approx(m["grad/norm_pos"], rel=1e-5)
     total = math.sqrt(sum(float((g**2).sum()) for g in g_plain))
     assert m["grad/norm"] == pytest.approx(total, rel=1e-5)
     assert m["grad/norm_pos"] > 0 and m["grad/norm_neg"] > 0
+
+
+def test_batch_mean_rescale_does_not_depend_on_micro_batching():
+    """asympo rescale=batch_mean multiplies by the mean NLL of the whole batch, also when split in 3s; with
+    mismatched micro-batch means the gradients would differ."""
+    batch = make_batch()
+    base = dict(objective="asympo", hparams={"rescale": "batch_mean"}, max_grad_norm=0.0)
+    g_plain, _ = _grads_after_step(LearnerConfig(**base, grad_split_every=0), batch)
+    g_micro, _ = _grads_after_step(LearnerConfig(**base, grad_split_every=1, micro_batch_size=3), batch)
+    for a, c in zip(g_plain, g_micro):
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-7)
+    # and it is not plain asympo: the batch-mean factor is a real scale
+    g_none, _ = _grads_after_step(LearnerConfig(objective="asympo", max_grad_norm=0.0), batch)
+    assert not torch.allclose(g_none[0], g_plain[0])
 
 
 def test_nan_guard_skips_the_update():

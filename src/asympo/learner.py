@@ -19,7 +19,7 @@ import torch
 
 from asympo.advantages import ESTIMATORS, constant_groups, group_advantages
 from asympo.logprobs import causal_lm_logprobs
-from asympo.objectives import AGG_MODES, get_objective, policy_loss
+from asympo.objectives import AGG_MODES, get_objective, mean_token_nll, policy_loss
 from asympo.runtime.records import Batch, Sample
 
 
@@ -170,6 +170,9 @@ class Learner:
 
         B = len(samples)
         mb = cfg.micro_batch_size or B
+        hparams = dict(cfg.hparams)
+        if mb < B and cfg.objective == "asympo" and hparams.get("rescale") == "batch_mean":
+            hparams["batch_nll"] = self._batch_mean_nll(input_ids, attention, resp_mask, mb)
         split = cfg.grad_split_every > 0 and self.version % cfg.grad_split_every == 0
         self.opt.zero_grad(set_to_none=True)
         grads_pos = [torch.zeros_like(p) for p in self.params] if split else None
@@ -188,6 +191,7 @@ class Learner:
                 frac,
                 grads_pos,
                 grads_neg,
+                hparams,
             )
             for k, v in m.items():
                 is_loss = k.startswith("loss/")  # a share of the batch loss: summed with weight `frac`
@@ -243,8 +247,28 @@ class Learner:
             return float(resp_mask[sl].sum() / resp_mask.sum().clamp(min=1))
         return resp_mask[sl].shape[0] / resp_mask.shape[0]
 
+    def _batch_mean_nll(self, input_ids, attention, resp_mask, mb: int) -> float:
+        """Mean over the batch's responses (with tokens) of their current mean token NLL: one no-grad forward
+        pass, paid only by asympo's rescale=batch_mean under micro-batching (its scale is a batch mean)."""
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for start in range(0, input_ids.shape[0], mb):
+                sl = slice(start, start + mb)
+                logp, _ = causal_lm_logprobs(
+                    self.model,
+                    input_ids[sl],
+                    attention[sl],
+                    temperature=self.cfg.temperature,
+                    chunk_size=self.cfg.chunk_size,
+                )
+                nll = mean_token_nll(logp, resp_mask[sl])
+                has = resp_mask[sl].sum(-1) > 0
+                total += float(nll[has].sum())
+                count += int(has.sum())
+        return total / count if count else 1.0
+
     def _micro_step(
-        self, input_ids, attention, resp_mask, adv, blp, frac, grads_pos, grads_neg
+        self, input_ids, attention, resp_mask, adv, blp, frac, grads_pos, grads_neg, hparams
     ) -> dict[str, float]:
         cfg = self.cfg
         logp, entropy = causal_lm_logprobs(
@@ -277,7 +301,7 @@ class Learner:
             kl_coef=cfg.kl_coef,
             entropy=ent,
             entropy_coef=cfg.entropy_coef,
-            **cfg.hparams,
+            **hparams,
         )
         if blp is not None and "kl/behavior" not in metrics:
             d = blp - logp.detach()
@@ -297,20 +321,19 @@ class Learner:
                 adv * sel,
                 behavior_logp=blp if cfg.needs_behavior_logp else None,
                 agg=cfg.agg,
-                **cfg.hparams,
+                **hparams,
             )[0]
             for sel in (adv > 0, adv < 0)
         ]
         rest = loss - parts[0] - parts[1]  # KL and entropy terms (zero when unused)
         for part, acc in zip(parts, (grads_pos, grads_neg)):
             gs = torch.autograd.grad(part * frac, self.params, retain_graph=True, allow_unused=True)
-            for a, g in zip(acc, gs):
+            for p, a, g in zip(self.params, acc, gs):
                 if g is not None:
-                    a.add_(g)
+                    a.add_(g)  # the batch's running pos/neg sums (for the norms)
+                    p.grad = g.clone() if p.grad is None else p.grad.add_(g)  # this micro-batch's share only
         if rest.requires_grad:
             (rest * frac).backward()
-        for p, gp, gn in zip(self.params, grads_pos, grads_neg):
-            p.grad = gp + gn if p.grad is None else p.grad + gp + gn
         return metrics
 
     # ------------------------------------------------------------------ checkpointing

@@ -173,13 +173,24 @@ def spo(logp, mask, adv, behavior_logp, *, neg_scale: float = 0.5):
 
 
 @register_objective("asympo")
-def asympo(logp, mask, adv, behavior_logp, *, eps: float = 1e-6, rescale: str = "none"):
+def asympo(
+    logp,
+    mask,
+    adv,
+    behavior_logp,
+    *,
+    eps: float = 1e-6,
+    rescale: str = "none",
+    batch_nll: float | None = None,
+):
     """ASymPO: A_i · l_i / sg(max(l_i, eps)).
 
     Every response's term is divided by its own current mean token NLL (detached), so the forward value
     of each term is A_i and zero-sum advantages give balanced positive and negative contributions; the
     gradient is A_i ∇l_i / l_i = A_i ∇ log l_i. `rescale="batch_mean"` multiplies every term by
-    sg(mean_j l_j): the balance is kept and the overall step size returns to naive's scale.
+    sg(mean_j l_j): the balance is kept and the overall step size returns to naive's scale. The mean is
+    over the responses given, unless `batch_nll` supplies it: the learner sets it to the whole batch's mean
+    when it splits a batch into micro-batches, so the scale does not depend on `micro_batch_size`.
     """
     if not eps > 0:
         raise ValueError(f"asympo: eps must be > 0, got {eps}")
@@ -189,7 +200,10 @@ def asympo(logp, mask, adv, behavior_logp, *, eps: float = 1e-6, rescale: str = 
     scale = 1.0 / nll.clamp(min=eps)  # [B]
     if rescale == "batch_mean":
         has_tokens = mask.sum(-1) > 0
-        scale = scale * (nll[has_tokens].mean() if has_tokens.any() else nll.new_tensor(1.0))
+        if batch_nll is not None:
+            scale = scale * float(batch_nll)
+        else:
+            scale = scale * (nll[has_tokens].mean() if has_tokens.any() else nll.new_tensor(1.0))
     loss_tok = -(adv * scale)[:, None] * logp  # [B, T]
     return loss_tok, {"asympo/scale_mean": scale.mean().item()}
 
