@@ -125,6 +125,14 @@ def test_split_and_micro_batches_give_the_same_gradient():
         torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(a, d, rtol=1e-5, atol=1e-7)
     assert m_both["grad/norm_pos"] == pytest.approx(m["grad/norm_pos"], rel=1e-5)
+    for key in (
+        "nll/pos",
+        "nll/neg",
+        "nll/ratio",
+        "loss/pos",
+        "loss/neg",
+    ):  # micro-batch means weighted right
+        assert m_both[key] == pytest.approx(m[key], rel=1e-5), key
     total = math.sqrt(sum(float((g**2).sum()) for g in g_plain))
     assert m["grad/norm"] == pytest.approx(total, rel=1e-5)
     assert m["grad/norm_pos"] > 0 and m["grad/norm_neg"] > 0

@@ -193,11 +193,17 @@ class Learner:
                 grads_neg,
                 hparams,
             )
+            with_tokens = resp_mask[sl].sum(-1) > 0
+            counts = {
+                "nll/pos": int(((adv[sl] > 0) & with_tokens).sum()),
+                "nll/neg": int(((adv[sl] < 0) & with_tokens).sum()),
+            }
             for k, v in m.items():
                 is_loss = k.startswith("loss/")  # a share of the batch loss: summed with weight `frac`
                 if math.isnan(v) and not is_loss:
                     continue
-                w = frac if is_loss else sl.stop - sl.start
+                # nll/pos and nll/neg are means over this micro-batch's positive / negative responses.
+                w = frac if is_loss else counts.get(k, sl.stop - sl.start)
                 sums[k] = sums.get(k, 0.0) + w * v
                 weights[k] = weights.get(k, 0.0) + w
         metrics = {k: sums[k] if k.startswith("loss/") else sums[k] / weights[k] for k in sums}
