@@ -19,12 +19,13 @@ PROBLEMS = arithmetic_problems(ArithmeticConfig(n_train=200, n_test=10), "train"
 N, G = 2, 3
 
 
-def make(kind, model_dir, buffer, *, logprobs=False):
+def make(kind, model_dir, buffer, *, logprobs=False, reward_workers=0):
     spec = WorkerSpec(
         engine="torch",
         model_path=str(model_dir),
         reward="arithmetic",
         sampling=SamplingParams(temperature=1.0, max_new_tokens=4, return_logprobs=logprobs),
+        reward_workers=reward_workers,
     )
     sched = PromptScheduler(
         PROBLEMS, prompts_per_step=N, group_size=G, buffer=buffer, seed=1, synchronous=kind == "inline"
@@ -165,3 +166,17 @@ def test_worker_error_reaches_the_learner(tmp_path):
             backend.next_batch(0, 1)
     finally:
         backend.close()
+
+
+def test_rollout_workers_run_a_reward_pool_and_leave_no_process_behind(tiny_model_dir):
+    """A worker process grades in its own reward pool (processes of its own, as the gsm8k preset does),
+    and close() ends the worker and its pool."""
+    backend = make("process", tiny_model_dir, BufferConfig(max_staleness=1, policy="wait"), reward_workers=2)
+    state = weights(tiny_model_dir)
+    try:
+        batches = drive(backend, state, 2)
+        proc = backend.workers[0].process
+    finally:
+        backend.close()
+    assert all(len(b.groups) == N for b in batches)
+    assert not proc.is_alive() and proc.exitcode == 0

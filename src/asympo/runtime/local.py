@@ -14,6 +14,8 @@ Both satisfy the `Backend` protocol (`asympo.runtime.backend`).
 
 from __future__ import annotations
 
+import atexit
+import os
 import queue as queue_mod
 import time
 import traceback
@@ -69,13 +71,19 @@ class InlineBackend(BackendBase):
         self.buffer.close("backend closed")
 
 
-def _worker_main(spec: WorkerSpec, worker_id: int, task_q, weight_q, result_q, max_tasks: int) -> None:
-    """Rollout worker process: take tasks, wait for the weights they need, generate, send groups back."""
+def _worker_main(
+    spec: WorkerSpec, worker_id: int, task_q, weight_q, result_q, max_tasks: int, parent_pid: int
+) -> None:
+    """Rollout worker process: take tasks, wait for the weights they need, generate, send groups back.
+    Exits on a `None` task or when the learner's process is gone (it is not a daemon: its reward pool
+    has processes of its own, which daemonic processes may not start)."""
     try:
         torch.set_num_threads(spec.threads)
         worker = build_worker(spec, worker_id)
         pending: list[PromptTask] = []
         while True:
+            if os.getppid() != parent_pid:
+                return  # the learner died without closing us
             drain(weight_q, worker.store)
             try:
                 while True:
@@ -109,9 +117,9 @@ class _WorkerHandle:
         self.outstanding: set[int] = set()
         self.process = ctx.Process(
             target=_worker_main,
-            args=(spec, worker_id, self.task_q, self.weight_q, result_q, max_tasks),
+            args=(spec, worker_id, self.task_q, self.weight_q, result_q, max_tasks, os.getpid()),
             name=f"asympo-rollout-{worker_id}",
-            daemon=True,
+            daemon=False,  # may start a reward pool; close() (or the atexit hook) ends it
         )
         self.process.start()
 
@@ -144,6 +152,8 @@ class ProcessBackend(DispatchingBackend):
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, state: State, version: int) -> None:
+        # Non-daemonic workers: make sure they are told to stop even if the caller never calls close().
+        atexit.register(self.close)
         self.workers = [
             _WorkerHandle(self._ctx, self.spec, i, self.max_tasks) for i in range(self.num_workers)
         ]
@@ -151,6 +161,7 @@ class ProcessBackend(DispatchingBackend):
         self._start_dispatcher("asympo-dispatch")
 
     def close(self) -> None:
+        atexit.unregister(self.close)
         self._stop_dispatcher()
         for w in self.workers:
             try:
