@@ -147,6 +147,20 @@ ENGINES: dict[str, EngineSpec] = {
 }
 
 
+def check_generate_args(prompts: Any, n: Any) -> None:
+    """The argument checks every engine's `generate` shares (a lone string is a common slip)."""
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a sequence of strings, not one string")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+
+
+def check_version(version: Any) -> None:
+    """The policy version every engine's `load_weights` takes: an int >= 0."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise ValueError(f"version must be an int >= 0, got {version!r}")
+
+
 def check_logprobs_support(kind: str, require_logprobs: bool) -> None:
     """ValueError when behavior log-probs are required from an engine kind that cannot return them."""
     if kind not in ENGINES:

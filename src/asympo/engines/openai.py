@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from asympo.engines.base import Completion, SamplingParams
+from asympo.engines.base import Completion, SamplingParams, check_generate_args, check_version
 
 __all__ = ["OpenAIEngine", "OpenAIEngineError"]
 
@@ -94,18 +94,14 @@ class OpenAIEngine:
 
     def load_weights(self, state: Mapping[str, Any], version: int) -> None:
         """Call the reload hook (if any), then tag later completions with `version` (see module doc)."""
-        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-            raise ValueError(f"version must be an int >= 0, got {version!r}")
+        check_version(version)
         with self._lock:
             if self.on_load_weights is not None:
                 self.on_load_weights(state, version)
             self._version = version
 
     def generate(self, prompts: Sequence[str], sampling: SamplingParams, n: int = 1) -> list[Completion]:
-        if isinstance(prompts, str):
-            raise TypeError("prompts must be a sequence of strings, not one string")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be an int >= 1, got {n!r}")
+        check_generate_args(prompts, n)
         if sampling.return_logprobs:
             raise ValueError(
                 "the openai engine returns no behavior log-probs; use an objective that needs none "

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from asympo.engines.base import Completion, SamplingParams
+from asympo.engines.base import Completion, SamplingParams, check_generate_args, check_version
 
 __all__ = ["TorchEngine", "sample_next", "top_p_filter"]
 
@@ -169,8 +169,7 @@ class TorchEngine:
         Raises ValueError naming missing, unexpected and wrongly shaped entries; the weights are left
         unchanged when it does.
         """
-        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-            raise ValueError(f"version must be an int >= 0, got {version!r}")
+        check_version(version)
         own = self.model.state_dict()
         unexpected = sorted(set(state) - set(own))
         # Names that share storage are one tensor; one of them being present is enough.
@@ -199,10 +198,7 @@ class TorchEngine:
 
     def generate(self, prompts: Sequence[str], sampling: SamplingParams, n: int = 1) -> list[Completion]:
         """Sample n completions per prompt; prompt-major order (the n samples of prompt 0 first)."""
-        if isinstance(prompts, str):
-            raise TypeError("prompts must be a sequence of strings, not one string")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be an int >= 1, got {n!r}")
+        check_generate_args(prompts, n)
         encoded = [self._encode(p) for p in prompts]
         with self._lock, torch.no_grad():
             version = self._version

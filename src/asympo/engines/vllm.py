@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from asympo.engines.base import Completion, SamplingParams
+from asympo.engines.base import Completion, SamplingParams, check_generate_args, check_version
 
 __all__ = ["VLLMEngine", "VLLMWorkerExtension", "completions_from_outputs", "vllm_sampling_kwargs"]
 
@@ -152,10 +152,7 @@ class VLLMEngine:
         return self._version
 
     def generate(self, prompts: Sequence[str], sampling: SamplingParams, n: int = 1) -> list[Completion]:
-        if isinstance(prompts, str):
-            raise TypeError("prompts must be a sequence of strings, not one string")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be an int >= 1, got {n!r}")
+        check_generate_args(prompts, n)
         params = [
             self._sampling_params_cls(**vllm_sampling_kwargs(sampling, n, i)) for i in range(len(prompts))
         ]
@@ -168,8 +165,7 @@ class VLLMEngine:
 
     def load_weights(self, state: Mapping[str, Any], version: int) -> None:
         """Push a full HF-named state dict into every worker, reset the prefix cache, set the version."""
-        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-            raise ValueError(f"version must be an int >= 0, got {version!r}")
+        check_version(version)
         weights = [(name, tensor.detach()) for name, tensor in state.items()]
         with self._lock:
             self.llm.collective_rpc("asympo_load_weights", args=(weights,))
