@@ -10,14 +10,7 @@
 #   2. bench/bench_generate.py on cuda with a ~200M-parameter random model (KV cache vs none);
 #   3. the default test suite under this machine's torch/transformers/Python versions.
 set -uo pipefail
-OUT=${OUT:-out/device}
-mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-[ -d .devcache ] && export ASYMPO_CACHE=$PWD/.devcache
+source bench/device_env.sh
 python3 -c "import torch, transformers, sys; print('python', sys.version.split()[0], 'torch', torch.__version__,
 'transformers', transformers.__version__, torch.cuda.get_device_name(0))"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
