@@ -127,6 +127,10 @@ def cli(*args, timeout=120):
         (["eval", "--dataset", "gsm8k"], "exactly one of --model PATH (with --dataset) or --run DIR"),
         (["eval", "--model", "embedded"], "--model needs --dataset"),
         (["eval", "--run", "OUT"], "is not a run directory (no config.json)"),
+        (
+            ["eval", "--model", "embedded", "--dataset", "arith", "--device", "gpu"],
+            "'gpu' is not a torch device",
+        ),
     ],
 )
 def test_cli_errors_are_clear_and_early(args, message, tmp_path):

@@ -204,7 +204,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from asympo.engines.torch import TorchEngine
     from asympo.evaluate import evaluate
     from asympo.rewards import get_reward
+    from asympo.train import check_device
 
+    check_device(args.device, fix="--device cpu")
     if (args.run is None) == (args.model is None):
         raise UserError("asympo eval needs exactly one of --model PATH (with --dataset) or --run DIR")
     defaults = {"n": 1, "limit": 0, "temperature": 0.0, "max_new_tokens": 512}

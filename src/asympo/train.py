@@ -79,8 +79,8 @@ def load_task(cfg: TrainConfig, split: str, tokenizer=None) -> list[Problem]:
     return load_problems(t.name, split, fields=t.fields or None, template=t.template, tokenizer=tokenizer)
 
 
-def check_device(device: str) -> None:
-    """Raise a ValueError that says what to do when `device` cannot be used on this machine."""
+def check_device(device: str, fix: str = "--set model.device=cpu") -> None:
+    """Raise a ValueError that says what to do (`fix`) when `device` cannot be used on this machine."""
     try:
         dev = torch.device(device)
     except RuntimeError as e:
@@ -91,14 +91,14 @@ def check_device(device: str) -> None:
         if not torch.cuda.is_available():
             raise ValueError(
                 f"model.device={device!r} but this torch build sees no CUDA GPU "
-                f"(torch {torch.__version__}); use --set model.device=cpu or install a CUDA build of torch"
+                f"(torch {torch.__version__}); use {fix} or install a CUDA build of torch"
             )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(
                 f"model.device={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible"
             )
     elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"model.device={device!r} but MPS is not available; use --set model.device=cpu")
+        raise ValueError(f"model.device={device!r} but MPS is not available; use {fix}")
 
 
 def validate(cfg: TrainConfig) -> None:
