@@ -16,7 +16,7 @@ import pytest
 from matplotlib.image import imread
 
 from asympo.report import ReportError, build_report, load_run, load_study, main, write_report
-from asympo.report.stats import align, auto_window, nan_mean_std, smooth, summarize
+from asympo.report.data import align, auto_window, nan_mean_std, smooth, summarize
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

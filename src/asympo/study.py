@@ -24,10 +24,12 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from asympo.checkpoint import atomic_write_text
-from asympo.config import TrainConfig, apply_overrides
-from asympo.presets import preset_dict
+from asympo.files import atomic_write_text
+
+if TYPE_CHECKING:  # config imports the learner (torch); `asympo report` reads studies without it
+    from asympo.config import TrainConfig
 
 RESULT_COLUMNS = [
     "objective",
@@ -41,6 +43,23 @@ RESULT_COLUMNS = [
     "final_nll_ratio",
     "wall_s",
 ]
+REQUIRED_RESULT_COLUMNS = RESULT_COLUMNS[:6]
+"""The columns every results.csv has; the rest are optional for readers (older studies lack them)."""
+
+FINAL_FRACTION = 0.1
+
+
+def final_tail(n: int) -> int:
+    """How many of `n` logged steps count as the end of training: the last 10%, at least one."""
+    return max(1, int(n * FINAL_FRACTION))
+
+
+def final_mean(values: list) -> float:
+    """The one definition of a "final" per-step metric (final_reward, final_nll_ratio, the report's
+    end-of-training tables): the mean of the finite values among the last `final_tail` logged steps,
+    NaN when there is none. One step's reward is a noisy batch mean; a tail mean is a stable summary."""
+    tail = [x for x in values[-final_tail(len(values)) :] if x is not None and math.isfinite(x)]
+    return sum(tail) / len(tail) if tail else float("nan")
 
 
 @dataclass
@@ -188,6 +207,9 @@ def cells_of(study: StudyConfig) -> list[Cell]:
 
 
 def cell_config(study: StudyConfig, cell: Cell, out: Path) -> TrainConfig:
+    from asympo.config import TrainConfig, apply_overrides
+    from asympo.presets import preset_dict
+
     sets = [
         *study.overrides,
         "mode=sync",
@@ -209,6 +231,7 @@ def _run_cell(cfg_dict: dict, cell_info: dict, threads: int) -> dict:
     """Worker-process entry: one training run; returns its results row."""
     import torch
 
+    from asympo.config import TrainConfig
     from asympo.train import train
 
     torch.set_num_threads(threads)
@@ -229,27 +252,20 @@ def result_row(cell_dir: Path, info: dict, collapse_fraction: float) -> dict:
         rec = json.loads(line)
         rewards.append(rec.get("reward/mean"))
         ratios.append(rec.get("nll/ratio"))
-    tail = max(1, len(rewards) // 10)
-    final_reward = _mean(rewards[-tail:])
     start, final = summary.get("pass1_before"), summary.get("pass1_after")
     collapsed = bool(start is not None and final is not None and final < collapse_fraction * start)
     return {
         "objective": info["objective"],
         "staleness": info["staleness"],
         "seed": info["seed"],
-        "final_reward": final_reward,
+        "final_reward": final_mean(rewards),
         "final_pass1": final,
         "collapsed": collapsed,
         "lr": info["lr"],
         "start_pass1": start,
-        "final_nll_ratio": _mean(ratios[-tail:]),
+        "final_nll_ratio": final_mean(ratios),
         "wall_s": summary.get("wall_s"),
     }
-
-
-def _mean(xs) -> float:
-    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
-    return sum(xs) / len(xs) if xs else float("nan")
 
 
 def write_results(out: Path, rows: list[dict]) -> Path:

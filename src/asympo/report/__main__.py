@@ -2,6 +2,6 @@
 
 import sys
 
-from asympo.report.cli import main
+from asympo.report.build import main
 
 sys.exit(main())

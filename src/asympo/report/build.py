@@ -1,24 +1,50 @@
-"""`write_report`: detect a run or study directory, draw its plots, write `report.html` beside them."""
+"""`write_report` and `asympo report DIR`: detect a run or study directory, draw its plots, and write
+`report.html` beside them (plots embedded as base64 PNG, or linked from plots/) plus, for a study,
+`summary.md`."""
 
 from __future__ import annotations
 
-import os
-import tempfile
+import argparse
+import base64
+import datetime as dt
+import json
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
+from typing import Any
 
-from asympo.report.figures import Plot
-from asympo.report.html import run_page, study_page
-from asympo.report.io import METRICS_FILE, RESULTS_FILE, ReportError, describe_contents, existing_dir
-from asympo.report.markdown import study_markdown
-from asympo.report.run_plots import plot_run
-from asympo.report.runs import is_run_dir, load_run
-from asympo.report.studies import is_study_dir, load_study
-from asympo.report.study_plots import plot_study
+from asympo.files import atomic_write_text
+from asympo.report.data import (
+    METRICS_FILE,
+    RESULTS_FILE,
+    ReportError,
+    RunData,
+    StudyData,
+    describe_contents,
+    existing_dir,
+    is_run_dir,
+    is_study_dir,
+    load_run,
+    load_study,
+)
+from asympo.report.plots import Plot, plot_run, plot_study
+from asympo.report.tables import (
+    Table,
+    config_split,
+    config_table,
+    evals_table,
+    fmt,
+    group_results,
+    groups_table,
+    metrics_table,
+    pivot,
+    run_overview,
+    study_markdown,
+)
 
-REPORT_FILE = "report.html"
-SUMMARY_FILE = "summary.md"
-PLOTS_DIR = "plots"
+REPORT_FILE, SUMMARY_FILE, PLOTS_DIR = "report.html", "summary.md", "plots"
 
 
 @dataclass(frozen=True)
@@ -43,24 +69,23 @@ def build_report(path: str | Path, *, window: int | None = None, embed: bool = T
     if window is not None and window < 1:
         raise ReportError(f"window must be a positive number of steps, got {window}")
     path = existing_dir(path)
-    plots_dir = path / PLOTS_DIR
     if is_study_dir(path):
         study = load_study(path)
-        plots = plot_study(study, plots_dir, window)
+        plots = plot_study(study, path / PLOTS_DIR, window)
         html, kind, warnings = study_page(study, plots, path, embed), "study", study.warnings
-        _write_atomic(path / SUMMARY_FILE, study_markdown(study))
+        # Atomic: a browser refreshing the page while a long study re-renders it never sees half a file.
+        atomic_write_text(path / SUMMARY_FILE, study_markdown(study))
     elif is_run_dir(path):
         run = load_run(path)
-        plots = plot_run(run, plots_dir, window)
+        plots = plot_run(run, path / PLOTS_DIR, window)
         html, kind, warnings = run_page(run, plots, path, embed), "run", run.warnings
     else:
         raise ReportError(
             f"{path} is neither a run directory (it has no {METRICS_FILE}) nor a study directory "
             f"(no {RESULTS_FILE}, no cells/); {describe_contents(path)}"
         )
-    target = path / REPORT_FILE
-    _write_atomic(target, html)
-    return Report(kind, target, plots, warnings)
+    atomic_write_text(path / REPORT_FILE, html)
+    return Report(kind, path / REPORT_FILE, plots, warnings)
 
 
 def write_report(path: str | Path, *, window: int | None = None, embed: bool = True) -> Path:
@@ -68,13 +93,164 @@ def write_report(path: str | Path, *, window: int | None = None, embed: bool = T
     return build_report(path, window=window, embed=embed).html
 
 
-def _write_atomic(target: Path, text: str) -> None:
-    # A browser refreshing the page while a long study re-renders it must never see half a file.
-    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=target.parent)
+# ------------------------------------------------------------------------------------------------ HTML
+
+STYLE = """
+body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; margin: 2em auto; max-width: 1200px;
+       padding: 0 1em; color: #222; line-height: 1.4; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
+.meta { color: #666; font-size: 0.9em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f4f4f4; } td.key, th.key { text-align: left; font-family: ui-monospace, monospace; }
+tr:nth-child(even) td { background: #fafafa; }
+figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.9em; max-width: 900px; }
+.warn { background: #fff6e0; border: 1px solid #f0c36d; padding: 0.5em 1em; }
+details { margin: 0.6em 0; } summary { cursor: pointer; color: #245; }
+nav a { margin-right: 1em; }
+"""
+
+
+def page(title: str, subtitle: str, warnings: list[str], sections: list[tuple[str, str]]) -> str:
+    """The page shell: a title, a line of context, warnings, a table of contents and the sections."""
+    now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    warn = ""
+    if warnings:
+        items = "".join(f"<li>{escape(w)}</li>" for w in warnings)
+        warn = f'<div class="warn"><b>Warnings</b><ul>{items}</ul></div>'
+    nav = " ".join(f'<a href="#{_anchor(name)}">{escape(name)}</a>' for name, _ in sections)
+    body = "".join(f'<h2 id="{_anchor(name)}">{escape(name)}</h2>{html}' for name, html in sections)
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1>"
+        f'<p class="meta">{escape(subtitle)} · report generated {escape(now)} by asympo report</p>'
+        f"{warn}<nav>{nav}</nav>{body}</body></html>\n"
+    )
+
+
+def figures(plots: list[Plot], report_dir: Path, embed: bool) -> str:
+    html = []
+    for plot in plots:
+        if embed:
+            src = "data:image/png;base64," + base64.b64encode(plot.path.read_bytes()).decode("ascii")
+        else:
+            src = plot.path.relative_to(report_dir).as_posix()
+        html.append(
+            f'<figure id="{escape(plot.path.stem)}"><img src="{escape(src)}" alt="{escape(plot.title)}">'
+            f"<figcaption><b>{escape(plot.title)}.</b> {escape(plot.caption)}</figcaption></figure>"
+        )
+    return "".join(html)
+
+
+def details(summary: str, html: str) -> str:
+    return f"<details><summary>{summary}</summary>{html}</details>"
+
+
+def run_page(run: RunData, plots: list[Plot], report_dir: Path, embed: bool) -> str:
+    sections = [("Summary", run_overview(run).html())]
+    if plots:
+        sections.append(("Plots", figures(plots, report_dir, embed)))
+    if run.evals:
+        sections.append(("Held-out evaluations", evals_table(run).html()))
+    if run.scalars:
+        sections.append(("Metrics", metrics_table(run).html()))
+    sections.append(("Config", _config_html(run.config)))
+    return page(f"Run report: {run.path.name}", str(run.path.resolve()), run.warnings, sections)
+
+
+def study_page(study: StudyData, plots: list[Plot], report_dir: Path, embed: bool) -> str:
+    groups = group_results(study)
+    with_lr = len(study.result_lrs) > 1
+    sections = []
+    if groups:
+        note = (
+            "<p>Final held-out pass@1, mean ± sample std (ddof=1) over seeds, per objective and staleness; "
+            "in brackets the seeds marked collapsed.</p>"
+        )
+        sections.append(("Final pass@1", note + pivot(groups, with_lr, "pass1", " collapsed").html()))
+        note = (
+            "<p>Mean ± sample standard deviation (ddof=1) over seeds; collapsed = seeds the study marked "
+            "collapsed / seeds with a known verdict.</p>"
+        )
+        sections.append(("Results by group", note + groups_table(groups, with_lr).html()))
+    if plots:
+        sections.append(("Plots", figures(plots, report_dir, embed)))
+    if study.rows:
+        table = Table(study.columns, [[r.value(c) for c in study.columns] for r in study.rows], id="results")
+        source = "rebuilt from the cells" if study.rows_from_cells else "results.csv"
+        sections.append(("All results", details(f"{len(study.rows)} rows ({source})", table.html())))
+    if study.cells:
+        sections.append(("Cells", _cells_html(study)))
+    if study.config:
+        sections.append(("Study config", _config_html(study.config)))
+    n_cells = sum(c.run is not None for c in study.cells)
+    subtitle = f"{study.path.resolve()} · {len(study.rows)} result rows · {n_cells}/{len(study.cells)} cells with logs"
+    return page(f"Study report: {study.path.name}", subtitle, study.warnings, sections)
+
+
+def _cells_html(study: StudyData) -> str:
+    rows = [
+        [c.name, c.objective, c.staleness, c.seed, c.lr, len(c.run) if c.run else 0,
+         c.run.last("reward/mean") if c.run else float("nan"),
+         c.run.evals[-1].pass1 if c.run is not None and c.run.evals else float("nan")]
+        for c in study.cells
+    ]  # fmt: skip
+    headers = ["cell", "objective", "staleness", "seed", "lr", "steps", "last reward", "last pass@1"]
+    html = details(f"{len(rows)} cells", Table(headers, rows, key_columns=2, id="cells").html())
+    common, varying = config_split([c.run.config for c in study.cells if c.run is not None])
+    if varying:
+        shown = [
+            [k, ", ".join(fmt(v) for v in vs[:12]) + (" …" if len(vs) > 12 else "")]
+            for k, vs in varying.items()
+        ]
+        html += "<p>Config keys that vary across cells:</p>" + Table(["key", "values"], shown).html()
+    if common:
+        html += details("Config shared by all cells", Table(["key", "value"], list(common.items())).html())
+    return html
+
+
+def _config_html(config: dict[str, Any]) -> str:
+    if not config:
+        return "<p>No config.json.</p>"
+    raw = escape(json.dumps(config, indent=2, sort_keys=True, default=str))
+    return config_table(config).html() + details("config.json", f"<pre>{raw}</pre>")
+
+
+def _anchor(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in name.lower())
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`asympo report DIR`: 0 on success, 2 on a directory that cannot be reported on."""
+    parser = argparse.ArgumentParser(
+        prog="asympo report",
+        description="Write DIR/report.html and DIR/plots/*.png from a run directory (metrics.jsonl, eval.jsonl, "
+        "config.json) or a study directory (results.csv, cells/). Works on runs still in progress.",
+    )
+    parser.add_argument(
+        "dir", help="a run directory (metrics.jsonl) or a study directory (results.csv or cells/)"
+    )
+    parser.add_argument(
+        "--window", type=int, default=None, metavar="N",
+        help="smoothing window in steps for the bold curves (default: about 1/20 of the run)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-embed", action="store_true",
+        help="link plots/NAME.png from the HTML instead of embedding them (a smaller page, not self-contained)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        report = build_report(args.dir, window=args.window, embed=not args.no_embed)
+    except ReportError as exc:
+        print(f"asympo report: error: {exc}", file=sys.stderr)
+        return 2
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{report.kind} report: {report.html}")
+    for plot in report.plots:
+        print(f"  {plot.path}")
+    return 0

@@ -1,0 +1,541 @@
+"""The report's PNGs: a run's reward, NLL balance, staleness, losses, gradients and time; a study's final
+pass@1 against staleness (and learning rate) and its per-objective curves.
+
+Figures are built with `matplotlib.figure.Figure` directly and saved through the Agg canvas, so the
+report never switches the global pyplot backend of the process that calls it (a notebook, a trainer).
+A plot whose keys the data never logged is skipped, so a run of any objective (or a user objective with
+its own metrics) gets the plots its data supports; run keys no plot claims go to an "other metrics" grid.
+Study error bars are mean ± one sample std (ddof=1) over seeds, each seed drawn as a dot (a cross when
+the study marked it collapsed); study curves are the mean over seeds per step with a ± one std band.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
+
+from asympo.report.data import RunData, StudyData, align, auto_window, nan_mean_std, smooth, summarize
+
+DPI = 100
+RAW_ALPHA = 0.25
+STEP_LABEL = "optimiser step"
+OTHERS_PER_FIGURE = 12
+# Fixed colours for the keys that appear together in several plots, so that "pos" is always green.
+KEY_COLORS = {"pos": "tab:green", "neg": "tab:red", "total": "tab:blue", "ratio": "tab:purple"}
+REWARD_COLOR, EVAL_COLOR = "tab:blue", "tab:orange"
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A PNG written by the report and the words shown with it."""
+
+    path: Path
+    title: str
+    caption: str
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def new_figure(
+    nrows: int = 1, ncols: int = 1, *, panel=(6.4, 3.4), **subplot_kw
+) -> tuple[Figure, np.ndarray]:
+    """A constrained-layout figure of nrows × ncols panels of `panel` inches each; axes as a 2-D array."""
+    fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **subplot_kw)
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    return fig, axes
+
+
+def save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, format="png")
+    return path
+
+
+def line(ax: Axes, x, y, *, label: str, color: str, window: int) -> bool:
+    """Plot y against x: the raw values as a faint line, the smoothed curve (labelled) on top.
+
+    Returns False, drawing nothing, when y has no finite value. Unsmoothed, it draws markers when there
+    are few points, so that a single evaluation or a two-step run is still visible.
+    """
+    x, y = np.asarray(x), np.asarray(y, dtype=np.float64)
+    finite = np.isfinite(y)
+    if not finite.any():
+        return False
+    if window > 1:
+        ax.plot(x[finite], y[finite], color=color, alpha=RAW_ALPHA, linewidth=0.8)
+        ax.plot(x, smooth(y, window), color=color, linewidth=1.8, label=label)
+    else:
+        marker = "o" if finite.sum() <= 20 else None
+        ax.plot(x[finite], y[finite], color=color, linewidth=1.6, label=label, marker=marker, markersize=3)
+    return True
+
+
+def wants_log(*arrays: np.ndarray, spread: float = 30.0) -> bool:
+    """True when all finite values are positive and span more than `spread`× (a log axis reads better)."""
+    values = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
+    values = values[np.isfinite(values)]
+    return bool(len(values) >= 2 and (values > 0).all() and values.max() / values.min() > spread)
+
+
+def legend(ax: Axes, **kw) -> None:
+    """A legend only when something is labelled (an empty legend warns)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small", framealpha=0.8, **kw)
+
+
+def empty_note(ax: Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="gray")
+
+
+def hide_unused(axes: np.ndarray, used: int) -> None:
+    for ax in list(axes.flat)[used:]:
+        ax.set_visible(False)
+
+
+# ------------------------------------------------------------------------------------------------- run
+
+REWARD_KEYS = ("reward/mean", "reward/std")
+NLL_KEYS = ("nll/pos", "nll/neg", "nll/ratio")
+STALENESS_KEYS = ("staleness/mean", "staleness/max")
+LOSS_KEYS = ("loss/pos", "loss/neg", "loss/total")
+GRAD_KEYS = ("grad/norm", "grad/norm_pos", "grad/norm_neg")
+TIME_KEYS = ("time/generate", "time/train", "time/wait", "throughput/tokens_per_s")
+CLAIMED = {*REWARD_KEYS, *NLL_KEYS, *STALENESS_KEYS, *LOSS_KEYS, *GRAD_KEYS, *TIME_KEYS}
+
+
+def plot_run(run: RunData, out_dir: Path, window: int | None = None) -> list[Plot]:
+    """Write every plot the run's data supports into `out_dir`; `window` smooths (default: auto)."""
+    window = window or auto_window(len(run))
+    plots = [
+        reward_plot(run, out_dir, window),
+        nll_plot(run, out_dir, window),
+        staleness_plot(run, out_dir, window),
+    ]
+    plots += [
+        lines_plot(run, out_dir, window, LOSS_KEYS, "loss.png", "Loss terms",
+                   "Loss: signed contributions of positive and negative advantages", "loss (minimised)",
+                   "Signed contributions of positive- and negative-advantage responses to the loss, and the total.",
+                   zero_line=True),
+        lines_plot(run, out_dir, window, GRAD_KEYS, "grad.png", "Gradient norms",
+                   "Gradient norms (total, and of the positive / negative terms)", "L2 norm",
+                   "Gradient norm before clipping; norm_pos / norm_neg are the norms of the positive- and "
+                   "negative-advantage terms alone, when the objective logs them.", log_if_wide=True),
+        time_plot(run, out_dir, window),
+    ]  # fmt: skip
+    return [p for p in plots if p is not None] + other_metrics_plots(run, out_dir, window)
+
+
+def reward_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
+    if not run.has("reward/mean") and not run.evals:
+        return None
+    fig, axes = new_figure(panel=(8.0, 4.0))
+    ax = axes[0, 0]
+    x, mean = run.steps, run.series("reward/mean")
+    line(ax, x, mean, label="train reward (batch mean)", color=REWARD_COLOR, window=window)
+    if run.has("reward/std"):
+        m, s = smooth(mean, window), smooth(run.series("reward/std"), window)
+        ax.fill_between(x, m - s, m + s, color=REWARD_COLOR, alpha=0.12, label="± batch std")
+    # Held-out accuracy shares the axis when rewards live in [0, 1] (the exact-answer tasks); otherwise
+    # it gets its own, so neither scale is squeezed.
+    finite = mean[np.isfinite(mean)]
+    same_axis = len(finite) == 0 or (finite.min() >= -0.05 and finite.max() <= 1.05)
+    eval_ax = ax if same_axis else ax.twinx()
+    if run.evals:
+        eval_ax.plot(run.eval_steps, run.eval_pass1, "o-", color=EVAL_COLOR, linewidth=1.4, markersize=5,
+                     label="held-out pass@1")  # fmt: skip
+        for i, label in enumerate(sorted({k for e in run.evals for k in e.pass_k})):
+            points = [(e.step, e.pass_k[label]) for e in run.evals if label in e.pass_k]
+            eval_ax.plot(
+                *zip(*points), "s--", color=f"C{(i + 3) % 10}", markersize=4, linewidth=1, label=label
+            )
+        eval_ax.set_ylabel("held-out accuracy" if not same_axis else "reward / held-out accuracy")
+    ax.set_xlabel(STEP_LABEL)
+    if not same_axis:
+        ax.set_ylabel("reward")
+        handles = [*ax.get_legend_handles_labels()[0], *eval_ax.get_legend_handles_labels()[0]]
+        ax.legend(handles=handles, fontsize="small", loc="best")
+    else:
+        legend(ax, loc="best")
+        if not run.evals:
+            ax.set_ylabel("reward")
+    ax.set_title("Training reward and held-out pass@1")
+    return Plot(
+        save(fig, out_dir / "reward.png"),
+        "Reward",
+        f"Batch-mean training reward (faint: raw per step; bold: centred moving average over {window} steps; "
+        "band: ± the within-batch reward std) and held-out pass@1 at each evaluation.",
+    )
+
+
+def nll_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
+    if not any(run.has(k) for k in NLL_KEYS):
+        return None
+    fig, axes = new_figure(2, 1, panel=(8.0, 3.0), sharex=True)
+    top, bottom = axes[0, 0], axes[1, 0]
+    line(
+        top, run.steps, run.series("nll/pos"), label="nll/pos (A > 0)", color=KEY_COLORS["pos"], window=window
+    )
+    line(
+        top, run.steps, run.series("nll/neg"), label="nll/neg (A < 0)", color=KEY_COLORS["neg"], window=window
+    )
+    top.set_ylabel("mean token NLL")
+    top.set_title("Scale imbalance: current-policy NLL of positive vs negative responses")
+    legend(top, loc="best")
+    ratio = run.series("nll/ratio")
+    if line(
+        bottom, run.steps, ratio, label="nll/ratio = neg / pos", color=KEY_COLORS["ratio"], window=window
+    ):
+        bottom.axhline(1.0, color="gray", linestyle=":", linewidth=1, label="balanced (1)")
+        if wants_log(ratio):
+            bottom.set_yscale("log")
+        legend(bottom, loc="best")
+    else:
+        empty_note(bottom, "nll/ratio not logged")
+    bottom.set_ylabel("nll/ratio")
+    bottom.set_xlabel(STEP_LABEL)
+    return Plot(
+        save(fig, out_dir / "nll.png"),
+        "NLL balance",
+        "Mean per-response token NLL under the current policy for positive- and negative-advantage responses, "
+        "and their ratio. A ratio rising above 1 is the scale-imbalance failure mode: the negative terms "
+        "dominate the loss. Gaps are steps whose batch had no response of that sign.",
+    )
+
+
+def staleness_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
+    hist, has_series = run.staleness_hist, any(run.has(k) for k in STALENESS_KEYS)
+    if hist is None and not has_series:
+        return None
+    fig, axes = new_figure(1, int(hist is not None) + int(has_series), panel=(5.4, 3.6))
+    ax_iter = iter(axes.flat)
+    if hist is not None:
+        ax = next(ax_iter)
+        counts = hist.sum(axis=0)  # [D+1] samples per staleness over all steps
+        total = counts.sum()
+        levels = np.arange(len(counts))
+        ax.bar(levels, counts / total if total > 0 else counts, color="tab:cyan", edgecolor="tab:blue")
+        mean = float((levels * counts).sum() / total) if total > 0 else math.nan
+        ax.axvline(mean, color="tab:red", linestyle="--", linewidth=1.2, label=f"mean {mean:.2f}")
+        ax.set_xlabel("staleness (learner version − sample version)")
+        ax.set_ylabel("fraction of trained samples")
+        ax.set_title(f"Staleness histogram ({int(total)} samples, {len(run)} steps)")
+        if len(levels) <= 20:
+            ax.set_xticks(levels)
+        legend(ax)
+    if has_series:
+        ax = next(ax_iter)
+        line(ax, run.steps, run.series("staleness/mean"), label="mean", color="tab:blue", window=window)
+        line(ax, run.steps, run.series("staleness/max"), label="max", color="tab:red", window=1)
+        ax.set(xlabel=STEP_LABEL, ylabel="staleness (versions)", title="Staleness per step")
+        legend(ax)
+    return Plot(
+        save(fig, out_dir / "staleness.png"),
+        "Staleness",
+        "Staleness = learner version at the optimiser step − the policy version that generated the sample. "
+        "Histogram: the per-step staleness/hist counts summed over all steps.",
+    )
+
+
+def time_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
+    if not any(run.has(k) for k in TIME_KEYS):
+        return None
+    fig, axes = new_figure(1, 2, panel=(5.4, 3.6))
+    left, right = axes[0, 0], axes[0, 1]
+    colors = {"time/generate": "tab:orange", "time/train": "tab:blue", "time/wait": "tab:gray"}
+    drawn = [line(left, run.steps, run.series(k), label=k, color=c, window=window) for k, c in colors.items()]
+    left.set(title="Seconds per step", xlabel=STEP_LABEL, ylabel="seconds")
+    legend(left)
+    if not any(drawn):
+        empty_note(left, "no time/* keys logged")
+    tokens = run.series("throughput/tokens_per_s")
+    if not line(right, run.steps, tokens, label="tokens/s", color="tab:green", window=window):
+        empty_note(right, "throughput not logged")
+    right.set(title="Throughput", xlabel=STEP_LABEL, ylabel="tokens / s")
+    return Plot(
+        save(fig, out_dir / "time.png"),
+        "Time and throughput",
+        "Per-step wall time of generation, training and waiting for rollouts (in asynchronous runs generation "
+        "overlaps training, so these do not add up to the step time), and training throughput.",
+    )
+
+
+def lines_plot(run: RunData, out_dir: Path, window: int, keys, filename, title, axis_title, ylabel, caption, *,
+               zero_line: bool = False, log_if_wide: bool = False) -> Plot | None:  # fmt: skip
+    """One panel with a line per present key (losses, gradient norms), coloured by the key's suffix."""
+    present = [k for k in keys if run.has(k)]
+    if not present:
+        return None
+    fig, axes = new_figure(panel=(8.0, 3.6))
+    ax = axes[0, 0]
+    for key in present:
+        suffix = key.rsplit("/", 1)[-1].removeprefix("norm_")
+        color = KEY_COLORS.get(suffix, "tab:blue" if suffix in {"norm", "total"} else "tab:gray")
+        line(ax, run.steps, run.series(key), label=key, color=color, window=window)
+    if zero_line:
+        ax.axhline(0.0, color="gray", linestyle=":", linewidth=1)
+    if log_if_wide and wants_log(*(run.series(k) for k in present)):
+        ax.set_yscale("log")
+    ax.set(title=axis_title, xlabel=STEP_LABEL, ylabel=ylabel)
+    legend(ax, loc="best")
+    return Plot(save(fig, out_dir / filename), title, caption + f" Bold: moving average over {window} steps.")
+
+
+def other_metrics_plots(run: RunData, out_dir: Path, window: int) -> list[Plot]:
+    """Every other logged scalar (entropy, KL, user-objective metrics, ...) in a grid of small panels."""
+    keys = [k for k in run.scalars if k not in CLAIMED and run.has(k)]
+    plots = []
+    for page, start in enumerate(range(0, len(keys), OTHERS_PER_FIGURE)):
+        chunk = keys[start : start + OTHERS_PER_FIGURE]
+        ncols = min(3, len(chunk))
+        fig, axes = new_figure(-(-len(chunk) // ncols), ncols, panel=(4.2, 2.8))
+        for ax, key in zip(axes.flat, chunk):
+            line(ax, run.steps, run.series(key), label=key, color="tab:blue", window=window)
+            ax.set_title(key, fontsize="medium")
+            ax.set_xlabel(STEP_LABEL, fontsize="small")
+        hide_unused(axes, len(chunk))
+        name, title = (
+            ("other_metrics", "Other metrics")
+            if page == 0
+            else (f"other_metrics_{page + 1}", f"Other metrics ({page + 1})")
+        )
+        caption = "Every other scalar the run logged: " + ", ".join(chunk) + "."
+        plots.append(Plot(save(fig, out_dir / f"{name}.png"), title, caption))
+    return plots
+
+
+# ----------------------------------------------------------------------------------------------- study
+
+EVAL_KEY = "pass@1 (held-out)"
+"""Pseudo-key of the held-out pass@1 curve, read from each cell's eval.jsonl instead of metrics.jsonl."""
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A per-objective curve figure: which metric, which file, and the words around it."""
+
+    key: str
+    stem: str
+    title: str
+    ylabel: str
+    caption: str
+
+
+# Drawn in this order; a curve whose key no cell logged is skipped.
+CURVES = (
+    Curve(EVAL_KEY, "curves_pass1", "Held-out pass@1", "held-out pass@1", "Held-out pass@1 during training"),
+    Curve("reward/mean", "curves_reward", "Training reward", "batch-mean reward", "Training reward"),
+    Curve(
+        "nll/ratio", "curves_nll_ratio", "nll/ratio (neg / pos)", "nll/ratio",
+        "The scale-imbalance diagnostic: mean NLL of negative- over positive-advantage responses",
+    ),
+    Curve("nll/pos", "curves_nll_pos", "nll/pos", "mean token NLL", "Mean NLL of positive-advantage responses"),
+    Curve("nll/neg", "curves_nll_neg", "nll/neg", "mean token NLL", "Mean NLL of negative-advantage responses"),
+    Curve("grad/norm", "curves_grad_norm", "grad/norm", "L2 norm", "Total gradient norm"),
+    Curve(
+        "grad/norm_pos", "curves_grad_norm_pos", "grad/norm_pos", "L2 norm",
+        "Gradient norm of the positive-advantage terms alone",
+    ),
+    Curve(
+        "grad/norm_neg", "curves_grad_norm_neg", "grad/norm_neg", "L2 norm",
+        "Gradient norm of the negative-advantage terms alone",
+    ),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line in a study plot: an objective, and its learning rate when the study varies it."""
+
+    objective: str
+    lr: float | None
+
+    def label(self) -> str:
+        return self.objective if self.lr is None else f"{self.objective} lr={self.lr:g}"
+
+
+def plot_study(study: StudyData, out_dir: Path, window: int | None = None) -> list[Plot]:
+    """Write every plot the study's data supports into `out_dir`."""
+    cmap = matplotlib.colormaps["tab10" if len(study.objectives) <= 10 else "tab20"]
+    colors = {o: matplotlib.colors.to_hex(cmap(i % cmap.N)) for i, o in enumerate(study.objectives)}
+    lrs = [None, *sorted({*study.result_lrs, *study.cell_lrs})]
+    styles = {lr: ["-", "--", ":", "-."][i % 4] for i, lr in enumerate(lrs)}  # line style per learning rate
+    plots = []
+    if study.rows:
+        plots.append(final_vs_staleness_plot(study, out_dir, colors, styles))
+        if len(study.result_lrs) > 1:
+            plots.append(final_vs_lr_plot(study, out_dir, colors))
+    for curve in CURVES:
+        if any(_curve_of(cell.run, curve.key) is not None for cell in study.cells):
+            plots.append(curves_plot(study, out_dir, colors, styles, curve, window))
+    return plots
+
+
+def final_vs_staleness_plot(study: StudyData, out_dir: Path, colors: dict, styles: dict) -> Plot:
+    with_lr = (
+        len(study.result_lrs) > 1
+    )  # final plots split by the results' learning rates, curves by the cells'
+    groups: dict[Series, dict[int, list]] = defaultdict(lambda: defaultdict(list))
+    for row in study.rows:
+        groups[Series(row.objective, row.lr if with_lr else None)][row.staleness].append(row)
+    levels = study.staleness_levels
+    span = (max(levels) - min(levels)) or 1.0
+    fig, axes = new_figure(1, 2, panel=(6.2, 4.2))
+    starts = [
+        s for r in study.rows if isinstance(s := r.extra.get("start_pass1"), float) and math.isfinite(s)
+    ]
+    for ax, field, ylabel in (
+        (axes[0, 0], "final_pass1", "final held-out pass@1"),
+        (axes[0, 1], "final_reward", "final training reward"),
+    ):
+        for i, (series, by_level) in enumerate(groups.items()):
+            # Spread the objectives a little along x so that their error bars do not overlap.
+            offset = (i - (len(groups) - 1) / 2) * 0.015 * span
+            color = colors[series.objective]
+            xs, means, stds = [], [], []
+            for level in sorted(by_level):
+                values = [getattr(r, field) for r in by_level[level]]
+                s = summarize(values)
+                if s.n == 0:
+                    continue
+                xs.append(level + offset)
+                means.append(s.mean)
+                stds.append(s.std if s.n > 1 else 0.0)
+                for r, v in zip(by_level[level], values):
+                    marker, size = ("x", 6) if r.collapsed else (".", 5)
+                    ax.plot(level + offset, v, marker, color=color, alpha=0.45, markersize=size)
+            ax.errorbar(xs, means, yerr=stds, color=color, marker="o", capsize=3, linewidth=1.6,
+                        linestyle=styles.get(series.lr, "-"), label=series.label())  # fmt: skip
+        if field == "final_pass1" and starts:
+            ax.axhline(np.mean(starts), color="gray", linestyle="--", linewidth=1, label="start (mean)")
+        ax.set_xticks(levels)
+        ax.set(xlabel="staleness (versions)", ylabel=ylabel, title=f"{ylabel.capitalize()} vs staleness")
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside right upper", fontsize="small")
+    return Plot(
+        save(fig, out_dir / "final_vs_staleness.png"),
+        "Final pass@1 vs staleness",
+        "Mean ± one sample std (ddof=1) over seeds; dots are single seeds, crosses seeds marked collapsed. "
+        "Objectives are shifted slightly along x so that their bars do not overlap.",
+    )
+
+
+def final_vs_lr_plot(study: StudyData, out_dir: Path, colors: dict) -> Plot:
+    levels = sorted({r.staleness for r in study.rows})
+    fig, axes = new_figure(*_grid(len(levels)), panel=(5.0, 3.8), sharey=True)
+    for ax, level in zip(axes.flat, levels):
+        by_obj: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for r in study.rows:
+            if r.staleness == level and r.lr is not None:
+                by_obj[r.objective][r.lr].append(r.final_pass1)
+        for objective, by_lr in by_obj.items():
+            lrs = sorted(by_lr)
+            summaries = [summarize(by_lr[lr]) for lr in lrs]
+            ax.errorbar(lrs, [s.mean for s in summaries], yerr=[s.std if s.n > 1 else 0.0 for s in summaries],
+                        color=colors[objective], marker="o", capsize=3, label=objective)  # fmt: skip
+        ax.set_xscale("log")
+        tested = sorted({lr for by_lr in by_obj.values() for lr in by_lr})
+        ax.set_xticks(tested, labels=[f"{lr:g}" for lr in tested])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set(xlabel="learning rate", ylabel="final held-out pass@1", title=f"staleness {level}")
+        legend(ax, loc="best")
+    hide_unused(axes, len(levels))
+    return Plot(
+        save(fig, out_dir / "final_vs_lr.png"),
+        "Final pass@1 vs learning rate",
+        "Learning-rate sensitivity: mean ± one sample std over seeds of the final held-out pass@1, per objective.",
+    )
+
+
+def _curve_of(run: RunData | None, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(steps [S], values [S]) of `key` in a cell's run, None when it has no finite value."""
+    if run is None:
+        return None
+    curve = (run.eval_steps, run.eval_pass1) if key == EVAL_KEY else (run.steps, run.series(key))
+    return curve if np.isfinite(curve[1]).any() else None
+
+
+def curves_plot(
+    study: StudyData, out_dir: Path, colors: dict, styles: dict, spec: Curve, window: int | None
+) -> Plot:
+    with_lr = len(study.cell_lrs) > 1
+    levels = study.staleness_levels
+    # One staleness level (an lr sweep): one wide panel, so many legend entries still leave room for it.
+    fig, axes = new_figure(
+        *_grid(len(levels)), panel=(7.2, 4.6) if len(levels) == 1 else (4.6, 3.4), sharey=True
+    )
+    curves: dict[tuple[int, Series], list] = defaultdict(list)
+    for cell in study.cells:
+        if (curve := _curve_of(cell.run, spec.key)) is not None:
+            curves[(cell.staleness, Series(cell.objective, cell.lr if with_lr else None))].append(curve)
+    # Legend and drawing order follow the study's objective order, not the cells' directory names.
+    rank = {objective: i for i, objective in enumerate(study.objectives)}
+    curves = dict(sorted(curves.items(), key=lambda kv: (rank[kv[0][1].objective], kv[0][1].lr or 0.0)))
+    all_values = []
+    for ax, level in zip(axes.flat, levels):
+        drawn = False
+        for (lvl, series), group in curves.items():
+            if lvl != level:
+                continue
+            steps, matrix = align(group)
+            mean, std = nan_mean_std(matrix)
+            w = 1 if spec.key == EVAL_KEY else (window or auto_window(len(steps)))  # evaluations are few
+            m, s = smooth(mean, w), smooth(std, w)
+            color = colors[series.objective]
+            if w > 1:  # the unsmoothed seed mean, faint, under the smoothed line
+                finite = np.isfinite(mean)
+                ax.plot(steps[finite], mean[finite], color=color, alpha=RAW_ALPHA * 0.8, linewidth=0.7)
+            ax.plot(steps, m, color=color, linewidth=1.6, linestyle=styles.get(series.lr, "-"), label=series.label(),
+                    marker="o" if spec.key == EVAL_KEY else None, markersize=3)  # fmt: skip
+            if len(group) > 1:
+                ax.fill_between(steps, m - s, m + s, color=color, alpha=0.12, linewidth=0)
+            all_values.append(matrix)
+            drawn = True
+        if not drawn:
+            empty_note(ax, "no data")
+        ax.set(title=f"staleness {level}", xlabel="optimiser step", ylabel=spec.ylabel)
+    hide_unused(axes, len(levels))
+    if (spec.key == "nll/ratio" or spec.key.startswith("grad/")) and wants_log(*all_values):
+        for ax in axes.flat:
+            ax.set_yscale("log")
+    if spec.key == "nll/ratio":
+        for ax in axes.flat:
+            ax.axhline(1.0, color="gray", linestyle=":", linewidth=1)
+    seen: dict[str, object] = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    if len(seen) > 8:  # a long legend goes under the panels, in columns, instead of squeezing them
+        fig.legend(
+            list(seen.values()),
+            list(seen),
+            loc="outside lower center",
+            ncols=min(4, -(-len(seen) // 3)),
+            fontsize="small",
+        )
+    else:
+        fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize="small")
+    fig.suptitle(f"{spec.title} per objective (mean over seeds)")
+    smoothing = (
+        "" if spec.key == EVAL_KEY else " Bold: smoothed with a centred moving average; faint: unsmoothed."
+    )
+    caption = (
+        f"{spec.caption}, one panel per staleness: the mean over seeds at each step (band: ± one std across "
+        f"seeds).{smoothing}"
+    )
+    return Plot(save(fig, out_dir / f"{spec.stem}.png"), spec.title, caption)
+
+
+def _grid(panels: int) -> tuple[int, int]:
+    """Rows × columns for one panel per staleness level: at most three across, four as 2 × 2."""
+    ncols = 2 if panels == 4 else min(3, panels)
+    return -(-panels // ncols), ncols
