@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
 
 import pytest
 
-from asympo.study import STUDY_PRESETS, ObjectiveSpec, StudyConfig, cells_of, parse_objective_spec, run_study
+from asympo.study import (
+    STUDY_PRESETS,
+    ObjectiveSpec,
+    StudyConfig,
+    cells_of,
+    final_mean,
+    parse_objective_spec,
+    run_study,
+)
 
 
 def smoke(model_dir) -> StudyConfig:
@@ -123,3 +132,10 @@ def test_smoke_preset_from_the_command_line(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert {p: os.stat(p).st_mtime_ns for p in before} == before and len(before) == 4
+
+
+def test_final_mean_is_the_mean_of_the_last_tenth_of_steps_skipping_gaps():
+    assert final_mean([0.0] * 20 + [1.0, 3.0]) == 2.0  # 22 steps: the last 2
+    assert final_mean([5.0, 7.0]) == 7.0  # fewer than 10 steps: the last one
+    assert final_mean([0.0] * 8 + [None, 4.0]) == 4.0  # null (a batch without the key) is skipped
+    assert math.isnan(final_mean([1.0] * 9 + [float("nan")])) and math.isnan(final_mean([]))
