@@ -1,4 +1,5 @@
-"""Advantage estimators: loop references, zero-sum and constant-group properties (DESIGN §3)."""
+"""Advantage estimators: loop references, zero-sum and constant-group properties
+(docs/design.md#advantages)."""
 
 from __future__ import annotations
 

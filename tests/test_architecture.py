@@ -1,4 +1,4 @@
-"""The import rules of docs/design.md ("Which part may import which"), checked on the source with ast.
+"""The import rules of docs/design.md#which-part-may-import-which, checked on the source with ast.
 
 Every import counts, a lazy one inside a function included: a lazy import is still a dependency, only a
 later one. Imports under `if TYPE_CHECKING:` are annotations only and do not count.

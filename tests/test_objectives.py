@@ -1,4 +1,5 @@
-"""Objectives against slow loop-based references (float64, tight tolerances) and DESIGN §2's invariants."""
+"""Objectives against slow loop-based references (float64, tight tolerances) and the invariants of
+docs/design.md#objectives."""
 
 from __future__ import annotations
 
@@ -121,7 +122,7 @@ def grad_of(name, logp, mask, adv, behavior=None, **hp):
 
 
 def test_identical_gradients_on_policy():
-    """At logp == behavior_logp, grpo, cispo and naive have identical gradients (DESIGN §2)."""
+    """At logp == behavior_logp, grpo, cispo and naive have identical gradients (design.md#objectives)."""
     logp, mask, adv, _ = make_batch(seed=3)
     g_naive = grad_of("naive", logp, mask, adv)
     for name in ("grpo", "cispo"):

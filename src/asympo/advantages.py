@@ -1,4 +1,4 @@
-"""Group-relative advantages — DESIGN.md §3.
+"""Group-relative advantages (docs/design.md#advantages).
 
 Rewards come as a flat vector of N groups of G responses each, group-major (the G responses to prompt 0
 first). Every estimator is zero-sum within each group, and a group whose rewards are all equal gets

@@ -4,7 +4,8 @@
     -> backward (optionally split into the positive and negative terms' gradients) -> clip -> NaN guard -> step
 
 The learner knows nothing of engines or backends: it takes a `Batch` of `RolloutGroup`s and returns the
-step's metrics (DESIGN §4 keys). Its version counts optimiser steps; staleness of a sample is
+step's metrics (the keys of docs/design.md#diagnostics). Its version counts optimiser steps;
+staleness of a sample is
 `learner version at this step - the sample's policy_version`.
 """
 

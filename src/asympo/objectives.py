@@ -1,4 +1,4 @@
-"""Policy objectives (all minimised) and their aggregation — DESIGN.md §2.
+"""Policy objectives (all minimised) and their aggregation (docs/design.md#objectives).
 
 Every objective is a pure function registered under a name:
 
@@ -11,7 +11,7 @@ into the per-response term `A_i · w_i · l_i` of the paper, with `l_i` the mean
 
 `policy_loss` is the one entry point the learner and the integrations call: it validates the input,
 runs the objective, aggregates, adds the optional KL and entropy terms and computes the diagnostics of
-DESIGN §4 (`nll/pos`, `nll/neg`, `nll/ratio`, `loss/pos`, `loss/neg`, ...).
+docs/design.md#diagnostics (`nll/pos`, `nll/neg`, `nll/ratio`, `loss/pos`, `loss/neg`, ...).
 
 This module imports nothing else of asympo's.
 """

@@ -1,8 +1,8 @@
 """Reading run and study directories into arrays, and the NaN-aware numerics the report needs.
 
-A run directory (docs/design.md, "Diagnostics"): `metrics.jsonl` one object per optimiser step,
+A run directory (docs/design.md#diagnostics): `metrics.jsonl` one object per optimiser step,
 `eval.jsonl` one per held-out evaluation, `config.json`, optionally `summary.json`. A study directory
-(docs/design.md, "The study"): `results.csv` plus `cells/<name>/` run directories with a `cell.json`.
+(docs/design.md#the-study): `results.csv` plus `cells/<name>/` run directories with a `cell.json`.
 
 Runs may still be in progress while they are read, so the *last* line of a JSONL or CSV file may be
 half-written: it is skipped with a warning. A malformed line anywhere else is corruption and raises

@@ -183,7 +183,7 @@ _parse_reference = lru_cache(maxsize=4096)(_parse)
 
 
 def math_reward(completion: str, reference: str) -> float:
-    """1.0 when the completion's final answer equals the reference (DESIGN §6), else 0.0.
+    """1.0 when the completion's final answer equals the reference, else 0.0 (docs/design.md#public-api).
 
     `reference` is a final answer (MATH-500's `answer` field, GSM8K's number) or a raw GSM8K solution
     ending in `#### N`. Picklable (module level), so process pools can run it.
