@@ -171,7 +171,7 @@ def _eval_setup_from_run(args: argparse.Namespace):
     own held-out split with its own task settings (arithmetic ranges, template, fields, reward)."""
     from asympo.checkpoint import latest_checkpoint
     from asympo.config import TrainConfig
-    from asympo.train import load_task
+    from asympo.evaluate import load_task
 
     run = Path(args.run)
     if not (run / "config.json").exists():
@@ -187,7 +187,7 @@ def _eval_setup_from_run(args: argparse.Namespace):
         )
     from transformers import AutoTokenizer
 
-    problems = load_task(cfg, cfg.task.eval_split, AutoTokenizer.from_pretrained(str(model)))
+    problems = load_task(cfg.task, cfg.task.eval_split, AutoTokenizer.from_pretrained(str(model)))
     defaults = {
         "n": cfg.eval.n,
         "limit": cfg.eval.limit,
@@ -203,6 +203,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from asympo.engines.base import SamplingParams
     from asympo.engines.torch import TorchEngine
     from asympo.evaluate import evaluate
+    from asympo.modelpath import check_model_path
     from asympo.rewards import get_reward
     from asympo.train import check_device
 
@@ -223,20 +224,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             from asympo.train import resolve_model_path
 
             model = resolve_model_path(TrainConfig(), progress=True)
-        elif not Path(model).exists():
-            raise UserError(f"--model {model!r} does not exist")
-        elif not (Path(model) / "config.json").exists():
-            raise UserError(f"--model {model!r} is not a HF model directory (no config.json)")
-        if args.dataset in ("arith", "arithmetic"):
-            from asympo.data.arithmetic import ArithmeticConfig, arithmetic_problems
-
-            problems, reward = arithmetic_problems(ArithmeticConfig(), "test"), "arithmetic"
         else:
-            from asympo.data import load_problems
+            model = check_model_path(model, "--model")
+        from asympo.config import TaskConfig
+        from asympo.evaluate import load_task
 
-            tok = AutoTokenizer.from_pretrained(model)
-            problems = load_problems(args.dataset, "test", template=args.template, tokenizer=tok)
-            reward = "math"
+        task = TaskConfig(
+            name="arithmetic" if args.dataset == "arith" else args.dataset, template=args.template
+        )
+        tok = None if task.name == "arithmetic" else AutoTokenizer.from_pretrained(model)
+        problems, reward = load_task(task, "test", tok), task.reward_name
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)

@@ -15,12 +15,13 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from asympo.engines.base import ENGINES as ENGINE_SPECS
 from asympo.learner import LearnerConfig
 from asympo.runtime.buffer import BufferConfig
 
 BACKENDS = ("local", "ray")
 MODES = ("async", "sync")
-ENGINES = ("torch", "vllm", "openai")
+ENGINES = tuple(ENGINE_SPECS)  # the engine registry is the one list of names (engines import lazily)
 
 
 @dataclass

@@ -4,11 +4,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from asympo.data.problem import Problem
 from asympo.engines.base import Engine, SamplingParams
 
-__all__ = ["default_ks", "evaluate", "pass_at_k"]
+if TYPE_CHECKING:
+    from asympo.config import TaskConfig
+
+__all__ = ["default_ks", "evaluate", "load_task", "pass_at_k"]
+
+
+def load_task(task: TaskConfig, split: str, tokenizer=None) -> list[Problem]:
+    """The problems of `task`'s `split`: the one loader `asympo train` and `asympo eval` share, so a
+    model is evaluated on exactly the prompts (template, fields, arithmetic ranges) it was trained on.
+    `tokenizer` renders the `chat` template of text datasets; the arithmetic task needs none."""
+    if task.name == "arithmetic":
+        from asympo.data.arithmetic import ArithmeticConfig, arithmetic_problems
+
+        return arithmetic_problems(ArithmeticConfig(**task.arithmetic), split)
+    from asympo.data import load_problems
+
+    fields = task.fields or None
+    return load_problems(task.name, split, fields=fields, template=task.template, tokenizer=tokenizer)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

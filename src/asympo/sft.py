@@ -35,6 +35,7 @@ from asympo.data.problem import Problem
 from asympo.engines.base import SamplingParams
 from asympo.engines.torch import TorchEngine
 from asympo.evaluate import evaluate
+from asympo.files import fsync_tree
 from asympo.models.tiny import TinyModelConfig, build_tiny_model, count_parameters, save_pretrained
 from asympo.models.tokenizer import build_char_tokenizer
 from asympo.rewards.arithmetic import arithmetic_reward
@@ -182,18 +183,6 @@ def _val_pass1(model: torch.nn.Module, tokenizer: Any, problems: list[Problem], 
     ]
 
 
-def _fsync_tree(path: Path) -> None:
-    for p in sorted(path.rglob("*")):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def torch_threads(n: int | None):
     """Run the block with `n` intra-op threads (None: leave torch's setting), restoring it afterwards.
@@ -327,7 +316,7 @@ def warmup(
         save_pretrained(model, tokenizer, tmp)
         meta = {"format": SFT_FORMAT_VERSION, "key": cfg.key(), "config": asdict(cfg), "stats": stats}
         (tmp / "sft.json").write_text(json.dumps(meta, indent=1))
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         try:
             os.rename(tmp, final)
         except OSError:

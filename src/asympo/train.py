@@ -24,7 +24,9 @@ from asympo.checkpoint import atomic_write_text, latest_checkpoint, load_trainin
 from asympo.config import TrainConfig
 from asympo.data.problem import Problem
 from asympo.engines.base import SamplingParams
+from asympo.evaluate import load_task
 from asympo.learner import Learner
+from asympo.modelpath import check_model_path
 from asympo.runtime.backend import Backend, WorkerSpec
 from asympo.runtime.scheduler import PromptScheduler
 
@@ -47,36 +49,12 @@ class RunResult:
 def resolve_model_path(cfg: TrainConfig, progress: bool = True) -> str:
     """The HF directory (or hub id) of the initial policy; runs/fetches the embedded SFT warm-up if asked."""
     if cfg.model.path != "embedded":
-        check_model_path(cfg.model.path)
-        return cfg.model.path
+        return check_model_path(cfg.model.path, "model.path")
     from asympo.sft import SFTConfig, warmup
 
     # The warm-up learns the same arithmetic task that RL then trains on.
     sft = {**cfg.sft, "task": {**cfg.task.arithmetic, **cfg.sft.get("task", {})}}
     return str(warmup(SFTConfig(**sft), progress=progress))
-
-
-def check_model_path(path: str) -> None:
-    """A local HF model directory must have config.json; anything else must look like a hub id."""
-    p = Path(path).expanduser()
-    if p.exists():
-        if not (p / "config.json").exists():
-            raise FileNotFoundError(
-                f"model.path {path} exists but has no config.json (not a HF model directory)"
-            )
-    elif path.startswith((".", "/", "~")) or path.count("/") != 1:
-        raise FileNotFoundError(f"model.path {path!r} does not exist (and is not a hub id like org/name)")
-
-
-def load_task(cfg: TrainConfig, split: str, tokenizer=None) -> list[Problem]:
-    t = cfg.task
-    if t.name == "arithmetic":
-        from asympo.data.arithmetic import ArithmeticConfig, arithmetic_problems
-
-        return arithmetic_problems(ArithmeticConfig(**t.arithmetic), split)
-    from asympo.data import load_problems
-
-    return load_problems(t.name, split, fields=t.fields or None, template=t.template, tokenizer=tokenizer)
 
 
 def check_device(device: str, fix: str = "--set model.device=cpu") -> None:
@@ -112,7 +90,7 @@ def validate(cfg: TrainConfig) -> None:
         if importlib.util.find_spec("ray") is None:
             raise ImportError("backend=ray needs Ray, which is not installed: pip install 'asympo[ray]'")
     if cfg.model.path != "embedded":
-        check_model_path(cfg.model.path)
+        check_model_path(cfg.model.path, "model.path")
     check_device(cfg.model.device)
     if cfg.task.name not in ("arithmetic", "gsm8k", "math500") and not cfg.task.name.startswith("hf:"):
         if not Path(cfg.task.name).exists():
@@ -265,8 +243,8 @@ def train(
         str(ckpt or model_path), dtype=dtype, trust_remote_code=False
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    train_problems = load_task(cfg, cfg.task.train_split, tokenizer)
-    eval_problems = load_task(cfg, cfg.task.eval_split, tokenizer)
+    train_problems = load_task(cfg.task, cfg.task.train_split, tokenizer)
+    eval_problems = load_task(cfg.task, cfg.task.eval_split, tokenizer)
 
     if not resume:
         atomic_write_text(out / "config.json", cfg.to_json())

@@ -13,12 +13,12 @@ import inspect
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from asympo.engines.base import Completion, SamplingParams, check_generate_args, check_version
+from asympo.modelpath import check_model_path
 
 __all__ = ["TorchEngine", "sample_next", "top_p_filter"]
 
@@ -64,19 +64,6 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype not in names:
         raise ValueError(f"dtype must be one of {sorted(names)} or a torch.dtype, got {dtype!r}")
     return names[dtype]
-
-
-def _resolve_model_path(path: str) -> str:
-    """A local directory (checked) or a hub id (left to transformers)."""
-    local = Path(path).expanduser()
-    if local.exists():
-        if not (local / "config.json").is_file():
-            raise FileNotFoundError(f"{path!r} is not a HF model directory (it has no config.json)")
-        return str(local)
-    # A hub id is "name" or "org/name"; anything else that does not exist is a missing local path.
-    if path.startswith(("/", ".", "~")) or path.count("/") > 1 or "\\" in path:
-        raise FileNotFoundError(f"model path {path!r} does not exist")
-    return path
 
 
 class TorchEngine:
@@ -137,7 +124,7 @@ class TorchEngine:
 
         from asympo.models.tokenizer import load_tokenizer
 
-        path = _resolve_model_path(os.fspath(path))
+        path = check_model_path(path)
         tokenizer = load_tokenizer(tokenizer_path if tokenizer_path else path)
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=_resolve_dtype(dtype), trust_remote_code=False
