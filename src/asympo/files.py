@@ -23,7 +23,7 @@ def fsync_dir(path: str | Path) -> None:
 
 
 def fsync_tree(path: str | Path) -> None:
-    """fsync every file under `path`, then `path` itself: a directory built in a temp place before its rename."""
+    """fsync every file under `path`, then `path` itself (a directory built aside before its rename)."""
     path = Path(path)
     for p in sorted(path.rglob("*")):
         if p.is_file():

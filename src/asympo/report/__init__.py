@@ -28,8 +28,5 @@ __all__ = [
     "RunData",
     "StudyData",
     "build_report",
-    "load_run",
-    "load_study",
-    "main",
-    "write_report",
 ]
+__all__ += ["load_run", "load_study", "main", "write_report"]

@@ -16,33 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from asympo.files import atomic_write_text
-from asympo.report.data import (
-    METRICS_FILE,
-    RESULTS_FILE,
-    ReportError,
-    RunData,
-    StudyData,
-    describe_contents,
-    existing_dir,
-    is_run_dir,
-    is_study_dir,
-    load_run,
-    load_study,
-)
+from asympo.report import data, tables
+from asympo.report.data import ReportError, RunData, StudyData
 from asympo.report.plots import Plot, plot_run, plot_study
-from asympo.report.tables import (
-    Table,
-    config_split,
-    config_table,
-    evals_table,
-    fmt,
-    group_results,
-    groups_table,
-    metrics_table,
-    pivot,
-    run_overview,
-    study_markdown,
-)
+from asympo.report.tables import Table
 
 REPORT_FILE, SUMMARY_FILE, PLOTS_DIR = "report.html", "summary.md", "plots"
 
@@ -68,21 +45,21 @@ def build_report(path: str | Path, *, window: int | None = None, embed: bool = T
     """
     if window is not None and window < 1:
         raise ReportError(f"window must be a positive number of steps, got {window}")
-    path = existing_dir(path)
-    if is_study_dir(path):
-        study = load_study(path)
+    path = data.existing_dir(path)
+    if data.is_study_dir(path):
+        study = data.load_study(path)
         plots = plot_study(study, path / PLOTS_DIR, window)
         html, kind, warnings = study_page(study, plots, path, embed), "study", study.warnings
         # Atomic: a browser refreshing the page while a long study re-renders it never sees half a file.
-        atomic_write_text(path / SUMMARY_FILE, study_markdown(study))
-    elif is_run_dir(path):
-        run = load_run(path)
+        atomic_write_text(path / SUMMARY_FILE, tables.study_markdown(study))
+    elif data.is_run_dir(path):
+        run = data.load_run(path)
         plots = plot_run(run, path / PLOTS_DIR, window)
         html, kind, warnings = run_page(run, plots, path, embed), "run", run.warnings
     else:
         raise ReportError(
-            f"{path} is neither a run directory (it has no {METRICS_FILE}) nor a study directory "
-            f"(no {RESULTS_FILE}, no cells/); {describe_contents(path)}"
+            f"{path} is neither a run directory (it has no {data.METRICS_FILE}) nor a study directory "
+            f"(no {data.RESULTS_FILE}, no cells/); {data.describe_contents(path)}"
         )
     atomic_write_text(path / REPORT_FILE, html)
     return Report(kind, path / REPORT_FILE, plots, warnings)
@@ -148,19 +125,19 @@ def details(summary: str, html: str) -> str:
 
 
 def run_page(run: RunData, plots: list[Plot], report_dir: Path, embed: bool) -> str:
-    sections = [("Summary", run_overview(run).html())]
+    sections = [("Summary", tables.run_overview(run).html())]
     if plots:
         sections.append(("Plots", figures(plots, report_dir, embed)))
     if run.evals:
-        sections.append(("Held-out evaluations", evals_table(run).html()))
+        sections.append(("Held-out evaluations", tables.evals_table(run).html()))
     if run.scalars:
-        sections.append(("Metrics", metrics_table(run).html()))
+        sections.append(("Metrics", tables.metrics_table(run).html()))
     sections.append(("Config", _config_html(run.config)))
     return page(f"Run report: {run.path.name}", str(run.path.resolve()), run.warnings, sections)
 
 
 def study_page(study: StudyData, plots: list[Plot], report_dir: Path, embed: bool) -> str:
-    groups = group_results(study)
+    groups = tables.group_results(study)
     with_lr = len(study.result_lrs) > 1
     sections = []
     if groups:
@@ -168,12 +145,12 @@ def study_page(study: StudyData, plots: list[Plot], report_dir: Path, embed: boo
             "<p>Final held-out pass@1, mean ± sample std (ddof=1) over seeds, per objective and staleness; "
             "in brackets the seeds marked collapsed.</p>"
         )
-        sections.append(("Final pass@1", note + pivot(groups, with_lr, "pass1", " collapsed").html()))
+        sections.append(("Final pass@1", note + tables.pivot(groups, with_lr, "pass1", " collapsed").html()))
         note = (
             "<p>Mean ± sample standard deviation (ddof=1) over seeds; collapsed = seeds the study marked "
             "collapsed / seeds with a known verdict.</p>"
         )
-        sections.append(("Results by group", note + groups_table(groups, with_lr).html()))
+        sections.append(("Results by group", note + tables.groups_table(groups, with_lr).html()))
     if plots:
         sections.append(("Plots", figures(plots, report_dir, embed)))
     if study.rows:
@@ -184,8 +161,9 @@ def study_page(study: StudyData, plots: list[Plot], report_dir: Path, embed: boo
         sections.append(("Cells", _cells_html(study)))
     if study.config:
         sections.append(("Study config", _config_html(study.config)))
-    n_cells = sum(c.run is not None for c in study.cells)
-    subtitle = f"{study.path.resolve()} · {len(study.rows)} result rows · {n_cells}/{len(study.cells)} cells with logs"
+    subtitle = f"{study.path.resolve()} · {len(study.rows)} result rows"
+    if study.cells:  # a results.csv copied on its own (docs/results/) has no cells to count
+        subtitle += f" · {sum(c.run is not None for c in study.cells)}/{len(study.cells)} cells with logs"
     return page(f"Study report: {study.path.name}", subtitle, study.warnings, sections)
 
 
@@ -198,10 +176,10 @@ def _cells_html(study: StudyData) -> str:
     ]  # fmt: skip
     headers = ["cell", "objective", "staleness", "seed", "lr", "steps", "last reward", "last pass@1"]
     html = details(f"{len(rows)} cells", Table(headers, rows, key_columns=2, id="cells").html())
-    common, varying = config_split([c.run.config for c in study.cells if c.run is not None])
+    common, varying = tables.config_split([c.run.config for c in study.cells if c.run is not None])
     if varying:
         shown = [
-            [k, ", ".join(fmt(v) for v in vs[:12]) + (" …" if len(vs) > 12 else "")]
+            [k, ", ".join(tables.fmt(v) for v in vs[:12]) + (" …" if len(vs) > 12 else "")]
             for k, vs in varying.items()
         ]
         html += "<p>Config keys that vary across cells:</p>" + Table(["key", "values"], shown).html()
@@ -214,7 +192,7 @@ def _config_html(config: dict[str, Any]) -> str:
     if not config:
         return "<p>No config.json.</p>"
     raw = escape(json.dumps(config, indent=2, sort_keys=True, default=str))
-    return config_table(config).html() + details("config.json", f"<pre>{raw}</pre>")
+    return tables.config_table(config).html() + details("config.json", f"<pre>{raw}</pre>")
 
 
 def _anchor(name: str) -> str:
@@ -228,8 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`asympo report DIR`: 0 on success, 2 on a directory that cannot be reported on."""
     parser = argparse.ArgumentParser(
         prog="asympo report",
-        description="Write DIR/report.html and DIR/plots/*.png from a run directory (metrics.jsonl, eval.jsonl, "
-        "config.json) or a study directory (results.csv, cells/). Works on runs still in progress.",
+        description="Write DIR/report.html and DIR/plots/*.png from a run directory (metrics.jsonl, "
+        "eval.jsonl, config.json) or a study directory (results.csv, cells/). Works on runs still in "
+        "progress.",
     )
     parser.add_argument(
         "dir", help="a run directory (metrics.jsonl) or a study directory (results.csv or cells/)"
@@ -240,7 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument(
         "--no-embed", action="store_true",
-        help="link plots/NAME.png from the HTML instead of embedding them (a smaller page, not self-contained)",
+        help="link plots/NAME.png from the HTML instead of embedding them "
+        "(a smaller page, not self-contained)",
     )  # fmt: skip
     args = parser.parse_args(argv)
     try:

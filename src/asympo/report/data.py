@@ -259,7 +259,8 @@ def load_study(path: str | Path) -> StudyData:
     path = existing_dir(path)
     if not is_study_dir(path):
         raise ReportError(
-            f"{path} is not a study directory: it has neither {RESULTS_FILE} nor {CELLS_DIR}/ ({describe_contents(path)})"
+            f"{path} is not a study directory: it has neither {RESULTS_FILE} nor {CELLS_DIR}/ "
+            f"({describe_contents(path)})"
         )
     warnings: list[str] = []
     cells = _read_cells(path / CELLS_DIR, warnings) if (path / CELLS_DIR).is_dir() else []
@@ -526,7 +527,7 @@ def summarize(values: list[float] | np.ndarray) -> Summary:
 
 
 def nan_mean_std(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Column-wise mean and std (ddof=0) of [N, S] over the finite entries, without warnings on empty columns."""
+    """Column-wise mean and std (ddof=0) of [N, S] over the finite entries; no warning on an empty column."""
     finite = np.isfinite(matrix)
     n = finite.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):

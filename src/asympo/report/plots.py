@@ -125,7 +125,8 @@ def plot_run(run: RunData, out_dir: Path, window: int | None = None) -> list[Plo
     plots += [
         lines_plot(run, out_dir, window, LOSS_KEYS, "loss.png", "Loss terms",
                    "Loss: signed contributions of positive and negative advantages", "loss (minimised)",
-                   "Signed contributions of positive- and negative-advantage responses to the loss, and the total.",
+                   "Signed contributions of positive- and negative-advantage responses to the loss, "
+                   "and the total.",
                    zero_line=True),
         lines_plot(run, out_dir, window, GRAD_KEYS, "grad.png", "Gradient norms",
                    "Gradient norms (total, and of the positive / negative terms)", "L2 norm",
@@ -207,9 +208,9 @@ def nll_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
     return Plot(
         save(fig, out_dir / "nll.png"),
         "NLL balance",
-        "Mean per-response token NLL under the current policy for positive- and negative-advantage responses, "
-        "and their ratio. A ratio rising above 1 is the scale-imbalance failure mode: the negative terms "
-        "dominate the loss. Gaps are steps whose batch had no response of that sign.",
+        "Mean per-response token NLL under the current policy for positive- and negative-advantage "
+        "responses, and their ratio. A ratio rising above 1 is the scale-imbalance failure mode: the "
+        "negative terms dominate the loss. Gaps are steps whose batch had no response of that sign.",
     )
 
 
@@ -265,13 +266,13 @@ def time_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
     return Plot(
         save(fig, out_dir / "time.png"),
         "Time and throughput",
-        "Per-step wall time of generation, training and waiting for rollouts (in asynchronous runs generation "
-        "overlaps training, so these do not add up to the step time), and training throughput.",
+        "Per-step wall time of generation, training and waiting for rollouts (in asynchronous runs "
+        "generation overlaps training, so these do not add up to the step time), and training throughput.",
     )
 
 
-def lines_plot(run: RunData, out_dir: Path, window: int, keys, filename, title, axis_title, ylabel, caption, *,
-               zero_line: bool = False, log_if_wide: bool = False) -> Plot | None:  # fmt: skip
+def lines_plot(run: RunData, out_dir: Path, window: int, keys, filename, title, axis_title, ylabel,
+               caption, *, zero_line: bool = False, log_if_wide: bool = False) -> Plot | None:  # fmt: skip
     """One panel with a line per present key (losses, gradient norms), coloured by the key's suffix."""
     present = [k for k in keys if run.has(k)]
     if not present:
@@ -339,8 +340,10 @@ CURVES = (
         "nll/ratio", "curves_nll_ratio", "nll/ratio (neg / pos)", "nll/ratio",
         "The scale-imbalance diagnostic: mean NLL of negative- over positive-advantage responses",
     ),
-    Curve("nll/pos", "curves_nll_pos", "nll/pos", "mean token NLL", "Mean NLL of positive-advantage responses"),
-    Curve("nll/neg", "curves_nll_neg", "nll/neg", "mean token NLL", "Mean NLL of negative-advantage responses"),
+    Curve("nll/pos", "curves_nll_pos", "nll/pos", "mean token NLL",
+          "Mean NLL of positive-advantage responses"),
+    Curve("nll/neg", "curves_nll_neg", "nll/neg", "mean token NLL",
+          "Mean NLL of negative-advantage responses"),
     Curve("grad/norm", "curves_grad_norm", "grad/norm", "L2 norm", "Total gradient norm"),
     Curve(
         "grad/norm_pos", "curves_grad_norm_pos", "grad/norm_pos", "L2 norm",
@@ -452,7 +455,8 @@ def final_vs_lr_plot(study: StudyData, out_dir: Path, colors: dict) -> Plot:
     return Plot(
         save(fig, out_dir / "final_vs_lr.png"),
         "Final pass@1 vs learning rate",
-        "Learning-rate sensitivity: mean ± one sample std over seeds of the final held-out pass@1, per objective.",
+        "Learning-rate sensitivity: mean ± one sample std over seeds of the final held-out pass@1, "
+        "per objective.",
     )
 
 
@@ -494,8 +498,18 @@ def curves_plot(
             if w > 1:  # the unsmoothed seed mean, faint, under the smoothed line
                 finite = np.isfinite(mean)
                 ax.plot(steps[finite], mean[finite], color=color, alpha=RAW_ALPHA * 0.8, linewidth=0.7)
-            ax.plot(steps, m, color=color, linewidth=1.6, linestyle=styles.get(series.lr, "-"), label=series.label(),
-                    marker="o" if spec.key == EVAL_KEY else None, markersize=3)  # fmt: skip
+            marker = "o" if spec.key == EVAL_KEY else None
+            style = styles.get(series.lr, "-")
+            ax.plot(
+                steps,
+                m,
+                color=color,
+                linewidth=1.6,
+                linestyle=style,
+                label=series.label(),
+                marker=marker,
+                markersize=3,
+            )
             if len(group) > 1:
                 ax.fill_between(steps, m - s, m + s, color=color, alpha=0.12, linewidth=0)
             all_values.append(matrix)

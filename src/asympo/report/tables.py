@@ -195,8 +195,9 @@ def group_results(study: StudyData) -> list[GroupResult]:
         }
         out.append(
             GroupResult(
-                objective, staleness, lr, sorted(r.seed for r in rows), summarize([r.final_pass1 for r in rows]),
-                summarize([r.final_reward for r in rows]), sum(known), len(known), extra,
+                objective, staleness, lr, sorted(r.seed for r in rows),
+                summarize([r.final_pass1 for r in rows]), summarize([r.final_reward for r in rows]),
+                sum(known), len(known), extra,
             )
         )  # fmt: skip
     return sorted(out, key=lambda g: (order.get(g.objective, 1 << 30), g.lr or 0.0, g.staleness))
@@ -229,8 +230,8 @@ def groups_table(groups: list[GroupResult], with_lr: bool) -> Table:
         *extra_keys,
     ]
     rows = [
-        [g.objective, *([g.lr] if with_lr else []), g.staleness, len(g.seeds), g.pass1.format(), g.reward.format(),
-         g.collapse_text(), *(g.extra[k].format() for k in extra_keys)]
+        [g.objective, *([g.lr] if with_lr else []), g.staleness, len(g.seeds), g.pass1.format(),
+         g.reward.format(), g.collapse_text(), *(g.extra[k].format() for k in extra_keys)]
         for g in groups
     ]  # fmt: skip
     return Table(headers, rows, id="groups")
