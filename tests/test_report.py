@@ -9,6 +9,8 @@ import os
 import re
 import stat
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -511,3 +513,14 @@ def test_report_files_are_written_with_the_ordinary_umask_mode(tmp_path):
     for path in (report.html, tmp_path / "summary.md"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind
+
+
+def test_the_report_reads_study_definitions_without_importing_torch():
+    # report/ takes RESULT_COLUMNS and final_mean from asympo.study, which must stay cheap to import:
+    # `asympo report` on a laptop should not load torch for a page of tables and PNGs.
+    code = "import sys, asympo.report; print('torch' in sys.modules)"
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": src}
+    )
+    assert out.stdout.split() == ["False"], out.stderr
