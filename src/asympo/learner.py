@@ -411,9 +411,8 @@ class Learner:
             entropy_coef=cfg.entropy_coef,
             **loss_args,
         )
-        scale = self._loss_scale()
         if grads_pm is None:
-            (res.loss * scale).backward()
+            self._scaled(res.loss).backward()
             return res
         # The positive and negative terms' gradients, separately: every objective's term for response i
         # depends on A_i alone, so masking the advantages splits the policy loss exactly.
@@ -423,14 +422,18 @@ class Learner:
         ]
         rest = res.loss - parts[0] - parts[1]  # KL and entropy terms (zero when unused)
         for part, acc in zip(parts, grads_pm):
-            gs = torch.autograd.grad(part * scale, self.params, retain_graph=True, allow_unused=True)
+            gs = torch.autograd.grad(self._scaled(part), self.params, retain_graph=True, allow_unused=True)
             for p, a, g in zip(self.params, acc, gs):
                 if g is not None:
                     a.add_(g)  # the batch's running pos/neg sums (for the norms)
                     p.grad = g.clone() if p.grad is None else p.grad.add_(g)  # this micro-batch's share only
         if rest.requires_grad:
-            (rest * scale).backward()
+            self._scaled(rest).backward()
         return res
+
+    def _scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        """fp16: the loss times the scaler's scale, so small gradients do not underflow."""
+        return self.scaler.scale(loss) if self.scaler is not None else loss
 
     def _loss_scale(self) -> float:
         return self.scaler.get_scale() if self.scaler is not None else 1.0
