@@ -329,3 +329,35 @@ def test_length_weight_and_clipping_diagnostics():
         LearnerConfig(objective="spo", hparams={"neg_scale": 0.2}, max_grad_norm=1e3), batch
     )
     assert m["spo/neg_weight"] == pytest.approx(0.2) and m["grad/clipped"] == 0.0
+
+
+# ------------------------------------------------------------------ loading: precision and the KL reference
+
+
+def test_resumed_run_keeps_the_initial_policy_as_kl_reference(tmp_path, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from asympo.config import ModelConfig, TrainConfig
+    from asympo.train import load_policy
+
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    trained = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.01)
+    ckpt = tmp_path / "step_00000010"
+    trained.save_pretrained(ckpt)
+    model_cfg = ModelConfig(path=str(tiny_model_dir), dtype="bfloat16")  # the engine's dtype
+    cfg = TrainConfig(model=model_cfg, learner=LearnerConfig(kl_coef=0.1))
+    model, reference = load_policy(cfg, str(tiny_model_dir), ckpt)
+    learner = Learner(model, cfg.learner, pad_id=0, reference=reference)
+    for p, t, r, i in zip(
+        learner.model.parameters(), trained.parameters(), learner.ref_model.parameters(), initial.parameters()
+    ):
+        assert p.dtype == torch.float32  # fp32 master weights although model.dtype is bfloat16
+        assert torch.equal(p, t)  # the policy continues from the checkpoint ...
+        assert torch.equal(r, i)  # ... while the KL reference stays the initial policy
+    assert load_policy(TrainConfig(model=model_cfg), str(tiny_model_dir), ckpt)[1] is None  # no KL: none
+    assert (
+        load_policy(cfg, str(tiny_model_dir), None)[1] is None
+    )  # fresh run: the model is the initial policy
