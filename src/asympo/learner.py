@@ -287,7 +287,11 @@ class Learner:
                     f"learner.gradient_checkpointing: {type(self.model).__name__} does not support it "
                     "(needs a HF model with supports_gradient_checkpointing); set it to false"
                 )
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            kwargs = {"use_reentrant": False}  # reentrant checkpointing breaks with inputs that need no grad
+            if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5.2x renamed it
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(
