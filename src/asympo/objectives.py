@@ -7,7 +7,9 @@ Every objective is a pure function registered under a name:
 `logp` is always the *current* policy's log-prob of the sampled tokens, `behavior_logp` always the
 sampler's (never "old"). The per-token loss is then reduced by `aggregate` (a separate choice,
 `agg`). Under the default `seq-mean-token-mean`, a per-token loss of `-A_i · w_i · logp[i,t]` turns
-into the per-response term `A_i · w_i · l_i` of the paper, with `l_i` the mean token NLL.
+into the per-response term `A_i · w_i · l_i` of the paper, with `l_i` the mean token NLL. An objective
+may return its w_i as `metrics["weight"]` (a detached-able [B] tensor; the weight diagnostics use it); its
+other metrics are floats.
 
 `policy_loss` is the one entry point the learner and the integrations call: it validates the input,
 runs the objective, aggregates, adds the optional KL and entropy terms and computes the diagnostics
