@@ -46,7 +46,7 @@ def test_overrides():
         ("learner.bogus=1", r"unknown config key\(s\) learner.bogus; valid keys in learner: objective"),
         (
             'learner.hparams={"neg_scale": 0.2}',
-            r"neg_scale not valid for 'asympo'; valid: batch_nll, eps, rescale",
+            r"neg_scale not valid for 'asympo'; valid: eps, rescale",
         ),
     ],
 )

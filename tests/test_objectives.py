@@ -11,7 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asympo.advantages import group_advantages
-from asympo.objectives import OBJECTIVES, aggregate, get_objective, needs_behavior_logp, policy_loss
+from asympo.objectives import (
+    OBJECTIVES,
+    LossContext,
+    aggregate,
+    compute_loss,
+    context_totals,
+    get_objective,
+    needs_behavior_logp,
+    policy_loss,
+)
 
 TOL = dict(rtol=1e-9, atol=1e-9)
 
@@ -312,7 +321,7 @@ def test_unknown_objective_names_valid_ones():
 
 def test_unknown_hparam():
     logp, mask, adv, _ = make_batch()
-    with pytest.raises(ValueError, match=r"unknown hparam\(s\) neg_scale; valid: batch_nll, eps, rescale"):
+    with pytest.raises(ValueError, match=r"unknown hparam\(s\) neg_scale; valid: eps, rescale"):
         policy_loss("asympo", logp, mask, adv, neg_scale=0.3)
     with pytest.raises(ValueError, match="valid: none"):
         policy_loss("naive", logp, mask, adv, eps=0.1)
@@ -392,3 +401,63 @@ def test_objective_moves_probability_to_positive_responses(name):
         loss.backward()
         opt.step()
     assert p_good() > start + 0.1, f"{name}: p(good) {start:.3f} -> {p_good():.3f}"
+
+
+# ------------------------------------------------------------------ batch statistics and the loss context
+
+
+def test_asympo_declares_the_batch_mean_instead_of_a_hyperparameter():
+    assert set(OBJECTIVES["asympo"].hparams) == {"eps", "rescale"}  # what `asympo objectives` lists
+    assert OBJECTIVES["asympo"].batch_stats({"rescale": "batch_mean"}) == ("mean_nll",)
+    assert OBJECTIVES["asympo"].batch_stats({}) == ()
+    assert OBJECTIVES["naive"].batch_stats({}) == ()
+
+
+@pytest.mark.parametrize("agg", ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum"])
+@pytest.mark.parametrize(
+    ("name", "hp"), [("naive", {}), ("asympo", {"rescale": "batch_mean"}), ("grpo", {}), ("gspo", {})]
+)
+def test_parts_with_the_batch_context_add_up_to_the_whole_batch(name, hp, agg):
+    """A host that splits a batch (micro-batches, ranks) and passes the whole batch's LossContext gets
+    losses and gradients that sum to the whole batch's; without the context they would not."""
+    logp, mask, adv, behavior = make_batch(B=8, seed=21)
+    logp.requires_grad_(True)
+    whole, _ = policy_loss(name, logp, mask, adv, behavior, agg=agg, **hp)
+    (g_whole,) = torch.autograd.grad(whole, logp)
+    stats = get_objective(name).batch_stats(hp)
+    parts = [slice(0, 3), slice(3, 8)]
+    ctx = LossContext.from_totals(sum(context_totals(mask[p], logp[p], stats) for p in parts), stats)
+    assert ctx.num_responses == 8 and ctx.num_tokens == int(mask.sum())
+    losses = [
+        compute_loss(name, logp[p], mask[p], adv[p], behavior[p], agg=agg, ctx=ctx, **hp).loss for p in parts
+    ]
+    (g_parts,) = torch.autograd.grad(sum(losses), logp)
+    assert sum(losses).item() == pytest.approx(whole.item(), rel=1e-12, abs=1e-12)
+    torch.testing.assert_close(g_parts, g_whole, **TOL)
+
+
+def test_user_objective_reads_declared_statistics_from_ctx():
+    seen = []
+
+    def scaled(logp, mask, adv, behavior_logp, *, ctx, k: float = 1.0):
+        seen.append(ctx.mean_nll)
+        return -(k * ctx.mean_nll * adv)[:, None] * logp, {}
+
+    scaled.batch_stats = ("mean_nll",)
+    import types
+
+    mod = types.ModuleType("user_losses_for_test")
+    mod.scaled = scaled
+    import sys
+
+    sys.modules["user_losses_for_test"] = mod
+    try:
+        assert set(get_objective("user_losses_for_test:scaled").hparams) == {"k"}
+        logp, mask, adv, _ = make_batch(seed=22)
+        policy_loss("user_losses_for_test:scaled", logp, mask, adv)  # no ctx: the responses given
+        nll = -(logp * mask).sum(-1) / mask.sum(-1)
+        assert seen[-1] == pytest.approx(nll.mean().item())
+        policy_loss("user_losses_for_test:scaled", logp, mask, adv, ctx=LossContext(mean_nll=2.5))
+        assert seen[-1] == 2.5  # the host's whole-batch value wins
+    finally:
+        del sys.modules["user_losses_for_test"]

@@ -32,7 +32,8 @@ class ModelConfig:
     """`embedded`: the project's tiny model, warmed up by SFT on the arithmetic task (cached); else a local
     HF model directory or a hub id (e.g. Qwen/Qwen3-0.6B; needs the weights available locally)."""
     dtype: str = "float32"
-    """float32 | bfloat16 | float16 for the learner's weights."""
+    """float32 | bfloat16 | float16 for the rollout engine's weights; the learner keeps fp32 master weights
+    (see learner.precision)."""
     device: str = "cpu"
     """Device of the learner (cpu, cuda, cuda:1, ...)."""
 

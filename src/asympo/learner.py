@@ -1,32 +1,58 @@
 """The learner: one optimiser step per batch of rollout groups.
 
-    rewards -> group advantages -> current log-probs (chunked) -> objective + aggregation
-    -> backward (optionally split into the positive and negative terms' gradients) -> clip -> NaN guard -> step
+    rewards -> group advantages -> micro-batches (by count or token budget) -> the batch's LossContext
+    -> per micro-batch: current log-probs (chunked, under autocast) -> objective + aggregation -> backward
+    (optionally split into the positive and negative terms' gradients) -> clip -> NaN guard -> step
 
-The learner knows nothing of engines or backends: it takes a `Batch` of `RolloutGroup`s and returns the
-step's metrics (the keys of docs/design.md#diagnostics). Its version counts optimiser steps;
-staleness of a sample is
-`learner version at this step - the sample's policy_version`.
+The learner knows nothing of engines or backends and names no objective: it takes a `Batch` of
+`RolloutGroup`s and returns the step's metrics (see docs/design.md). Its version counts optimiser steps;
+staleness of a sample is `learner version at this step - the sample's policy_version`.
+
+Precision: the parameters and AdamW state are fp32 ("master weights"); with `bf16-mixed`/`fp16-mixed` only
+the forward pass runs under `torch.autocast`. Pure bf16 weights are refused unless asked for by name
+(`bf16-pure`): an Adam update of ~lr per weight is far below bf16's spacing (~1e-4 near 0.02), so at
+lr 1e-6 almost every update rounds away and the model does not learn.
+
+The seam for a sharded learner (several processes, e.g. FSDP2): a `Learner` built with `shard=(rank,
+world_size)` and `reduce_sum` (an all-reduce that sums a float64 tensor) processes only its share of each
+batch's responses, but every normalisation (responses, tokens, declared batch statistics) is over the
+whole batch, summed through `reduce_sum` once per step; so the gradients of the shards *sum* to the
+whole batch's gradient (an FSDP2 host must sum, not average, them across ranks: gradient divide factor 1).
+With one process `reduce_sum` is the identity. Metrics are over this process's responses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from asympo.advantages import ESTIMATORS, constant_groups, group_advantages
 from asympo.logprobs import causal_lm_logprobs
-from asympo.objectives import AGG_MODES, get_objective, mean_token_nll, policy_loss
+from asympo.objectives import (
+    AGG_MODES,
+    LossContext,
+    LossResult,
+    ResponseTerms,
+    compute_loss,
+    context_totals,
+    get_objective,
+    metric_prefix,
+    response_metrics,
+)
 from asympo.runtime.records import Batch, Sample
+
+PRECISIONS = ("auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16-pure")
 
 
 @dataclass
 class LearnerConfig:
-    """The objective and the optimiser."""
+    """The objective, the optimiser, precision and memory."""
 
     objective: str = "asympo"
     """naive | spo | asympo | grpo | gspo | cispo, or an import path `pkg.module:function`."""
@@ -47,7 +73,20 @@ class LearnerConfig:
     max_grad_norm: float = 1.0
     """Gradient clipping threshold (0 disables clipping; the norm is logged either way)."""
     micro_batch_size: int = 0
-    """Responses per forward/backward pass (gradient accumulation); 0 = the whole batch at once."""
+    """Most responses per forward/backward pass (gradient accumulation); 0 = no limit by count."""
+    max_tokens_per_micro_batch: int = 0
+    """Most (padded) tokens per forward/backward pass; responses are sorted by length so padding is small.
+    0 = no token budget. Either limit leaves the gradient that of the whole batch."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (HF gradient_checkpointing_enable, non-reentrant):
+    less memory for long responses, about a third more compute."""
+    precision: str = "auto"
+    """fp32 | bf16-mixed | fp16-mixed (fp32 master weights and AdamW state, forward under autocast; fp16
+    with a gradient scaler) | bf16-pure (bf16 weights: updates below bf16's spacing are lost; only by
+    explicit choice) | auto (bf16-mixed on CUDA, fp32 elsewhere)."""
+    max_skipped_steps: int = 5
+    """NaN guard: a step with a non-finite loss or gradient is skipped (`guard/skipped`); this many skipped
+    in a row stop the run with an error. 0 = never stop."""
     kl_coef: float = 0.0
     """Weight of the k3 KL penalty to the initial policy (keeps a frozen copy of the model when > 0)."""
     entropy_coef: float = 0.0
@@ -77,20 +116,55 @@ class LearnerConfig:
                 f"learner.estimator must be one of {', '.join(sorted(ESTIMATORS))} or an import path, "
                 f"got {self.estimator!r}"
             )
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"learner.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
         for name in ("lr", "temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"learner.{name} must be > 0, got {getattr(self, name)}")
         for name in ("weight_decay", "max_grad_norm", "kl_coef", "entropy_coef"):
             if getattr(self, name) < 0:
                 raise ValueError(f"learner.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("warmup_steps", "micro_batch_size", "grad_split_every", "chunk_size"):
+        for name in (
+            "warmup_steps",
+            "micro_batch_size",
+            "max_tokens_per_micro_batch",
+            "grad_split_every",
+            "chunk_size",
+            "max_skipped_steps",
+        ):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"learner.{name} must be an int >= 0, got {getattr(self, name)!r}")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ValueError(
+                f"learner.gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}"
+            )
         self.adam_betas = tuple(self.adam_betas)
 
     @property
     def needs_behavior_logp(self) -> bool:
         return get_objective(self.objective).needs_behavior_logp
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """`auto` -> bf16-mixed on CUDA, fp32 elsewhere; any other value unchanged."""
+    if precision != "auto":
+        return precision
+    return "bf16-mixed" if torch.device(device).type == "cuda" else "fp32"
+
+
+def master_dtype(precision: str) -> torch.dtype:
+    """The dtype the learner keeps its weights in: fp32 for everything but bf16-pure."""
+    return torch.bfloat16 if precision == "bf16-pure" else torch.float32
+
+
+class NonFiniteStepsError(RuntimeError):
+    """`learner.max_skipped_steps` steps in a row had a non-finite loss or gradient."""
+
+    def __init__(self, message: str, version: int):
+        super().__init__(message)
+        self.version = version
 
 
 def collate(samples: list[Sample], pad_id: int, device: torch.device | str = "cpu"):
@@ -124,20 +198,101 @@ def collate(samples: list[Sample], pad_id: int, device: torch.device | str = "cp
     return to(input_ids), to(attention), to(resp_mask), to(blp)
 
 
+def plan_micro_batches(lengths: list[int], max_responses: int = 0, max_tokens: int = 0) -> list[list[int]]:
+    """Indices of the responses of each micro-batch.
+
+    Without a token budget: consecutive runs of `max_responses` (0 = all). With one: responses sorted by
+    length (longest first) and packed while `count × longest <= max_tokens` (a padded micro-batch's size),
+    so similar lengths share a micro-batch and padding stays small; a response longer than the budget gets
+    a micro-batch of its own.
+    """
+    n = len(lengths)
+    if not max_tokens:
+        size = max_responses or n
+        return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+    plan: list[list[int]] = []
+    for i in sorted(range(n), key=lambda i: -lengths[i]):
+        cur = plan[-1] if plan else None
+        # Sorted longest first, so the micro-batch's longest is its first response.
+        fits = cur is not None and (len(cur) + 1) * lengths[cur[0]] <= max_tokens
+        if fits and (not max_responses or len(cur) < max_responses):
+            cur.append(i)
+        else:
+            plan.append([i])
+    return plan
+
+
+@dataclass
+class _Rows:
+    """Collated responses: input_ids, attention [b, L]; mask, behavior_logp [b, L-1]; adv [b]."""
+
+    input_ids: torch.Tensor
+    attention: torch.Tensor
+    mask: torch.Tensor
+    behavior_logp: torch.Tensor | None
+    adv: torch.Tensor
+
+    def select(self, idx: list[int]) -> _Rows:
+        """Rows `idx`, cut to their longest sequence (right padding beyond it is never attended)."""
+        ix = torch.tensor(idx, device=self.input_ids.device)
+        L = max(2, int(self.attention[ix].sum(-1).max()))
+        blp = None if self.behavior_logp is None else self.behavior_logp[ix, : L - 1]
+        return _Rows(
+            self.input_ids[ix, :L], self.attention[ix, :L], self.mask[ix, : L - 1], blp, self.adv[ix]
+        )
+
+
 def _grad_norm(grads: list[torch.Tensor | None]) -> float:
     sq = sum(float((g.float() ** 2).sum()) for g in grads if g is not None)
     return math.sqrt(sq)
 
 
-class Learner:
-    """Owns the trainable model, its optimiser and the version counter."""
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
 
-    def __init__(self, model: torch.nn.Module, cfg: LearnerConfig, *, pad_id: int, device: str = "cpu"):
+
+class Learner:
+    """Owns the trainable model, its optimiser and the version counter.
+
+    `reference`: the KL reference policy (used when `kl_coef > 0`; default: a frozen copy of `model`, which
+    is right only when `model` is the initial policy; a resumed run must pass the initial one).
+    `reduce_sum` and `shard`: the sharded-learner seam (module docstring).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cfg: LearnerConfig,
+        *,
+        pad_id: int,
+        device: str = "cpu",
+        reference: torch.nn.Module | None = None,
+        reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        shard: tuple[int, int] = (0, 1),
+    ):
         self.cfg = cfg
-        self.model = model.to(device)
-        self.model.train()
+        self.objective = get_objective(cfg.objective)
+        self.precision = resolve_precision(cfg.precision, device)
+        dtype = master_dtype(self.precision)
+        self.model = model.to(device=device, dtype=dtype)
         self.device = device
         self.pad_id = pad_id
+        self.ref_model = None
+        if cfg.kl_coef > 0:
+            ref = reference if reference is not None else copy.deepcopy(self.model)
+            self.ref_model = ref.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        if cfg.gradient_checkpointing:
+            if not getattr(self.model, "supports_gradient_checkpointing", False):
+                raise ValueError(
+                    f"learner.gradient_checkpointing: {type(self.model).__name__} does not support it "
+                    "(needs a HF model with supports_gradient_checkpointing); set it to false"
+                )
+            kwargs = {"use_reentrant": False}  # reentrant checkpointing breaks with inputs that need no grad
+            if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5.2x renamed it
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(
             self.params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay
@@ -146,202 +301,188 @@ class Learner:
         self.lr_sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
         )
-        self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
+        dev_type = torch.device(device).type
+        self.scaler = torch.amp.GradScaler(dev_type) if self.precision == "fp16-mixed" else None
+        autocast_dtype = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}.get(self.precision)
+        self._autocast = (
+            (lambda: torch.autocast(dev_type, dtype=autocast_dtype))
+            if autocast_dtype
+            else contextlib.nullcontext
+        )
+        self.reduce_sum = reduce_sum or _identity
+        self.rank, self.world_size = shard
         self.version = 0
+        self.skipped_in_row = 0
 
     # ------------------------------------------------------------------ one optimiser step
 
     def step(self, batch: Batch) -> dict[str, float]:
         t0 = time.monotonic()
-        cfg = self.cfg
-        groups = batch.groups
-        sizes = {len(g.samples) for g in groups}
-        if len(sizes) != 1:
-            raise ValueError(f"all groups of a batch must have the same size, got {sorted(sizes)}")
-        G = sizes.pop()
-        samples = [s for g in groups for s in g.samples]
+        samples, G = _flatten(batch)
         rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)
-        adv = group_advantages(rewards, G, cfg.estimator)  # [B]
-        input_ids, attention, resp_mask, blp = collate(samples, self.pad_id, self.device)
-        if cfg.needs_behavior_logp and blp is None:
-            raise ValueError(
-                f"objective {cfg.objective!r} needs behavior log-probs but the samples carry none"
-            )
-        adv = adv.to(self.device)
-
-        B = len(samples)
-        mb = cfg.micro_batch_size or B
-        hparams = dict(cfg.hparams)
-        if mb < B and cfg.objective == "asympo" and hparams.get("rescale") == "batch_mean":
-            hparams["batch_nll"] = self._batch_mean_nll(input_ids, attention, resp_mask, mb)
-        split = cfg.grad_split_every > 0 and self.version % cfg.grad_split_every == 0
-        self.opt.zero_grad(set_to_none=True)
-        grads_pos = [torch.zeros_like(p) for p in self.params] if split else None
-        grads_neg = [torch.zeros_like(p) for p in self.params] if split else None
-        sums: dict[str, float] = {}
-        weights: dict[str, float] = {}
-        for start in range(0, B, mb):
-            sl = slice(start, min(start + mb, B))
-            frac = self._fraction(resp_mask, sl)
-            m = self._micro_step(
-                input_ids[sl],
-                attention[sl],
-                resp_mask[sl],
-                adv[sl],
-                None if blp is None else blp[sl],
-                frac,
-                grads_pos,
-                grads_neg,
-                hparams,
-            )
-            with_tokens = resp_mask[sl].sum(-1) > 0
-            counts = {
-                "nll/pos": int(((adv[sl] > 0) & with_tokens).sum()),
-                "nll/neg": int(((adv[sl] < 0) & with_tokens).sum()),
-            }
-            for k, v in m.items():
-                is_loss = k.startswith("loss/")  # a share of the batch loss: summed with weight `frac`
-                if math.isnan(v) and not is_loss:
-                    continue
-                # nll/pos and nll/neg are means over this micro-batch's positive / negative responses.
-                w = frac if is_loss else counts.get(k, sl.stop - sl.start)
-                sums[k] = sums.get(k, 0.0) + w * v
-                weights[k] = weights.get(k, 0.0) + w
-        metrics = {k: sums[k] if k.startswith("loss/") else sums[k] / weights[k] for k in sums}
-        pos, neg = metrics.get("nll/pos", float("nan")), metrics.get("nll/neg", float("nan"))
-        metrics.update({"nll/pos": pos, "nll/neg": neg, "nll/ratio": neg / pos if pos > 0 else float("nan")})
-
-        total_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm or float("inf")).item()
-        skipped = not math.isfinite(total_norm) or not math.isfinite(metrics.get("loss/total", 0.0))
-        if skipped:
-            self.opt.zero_grad(set_to_none=True)  # NaN guard: never let a bad batch reach the weights
-        else:
-            self.opt.step()
-            self.lr_sched.step()
-        self.version += 1
-
-        staleness = batch.staleness
-        n_tok = int(resp_mask.sum().item())
-        hist = [0] * (max(staleness) + 1 if staleness else 1)
-        for s in staleness:
-            hist[s] += 1
-        metrics.update(
-            {
-                "policy_version": float(batch.learner_version),
-                "reward/mean": rewards.mean().item(),
-                "reward/std": rewards.std().item() if B > 1 else 0.0,
-                "staleness/mean": sum(staleness) / len(staleness),
-                "staleness/max": float(max(staleness)),
-                "grad/norm": total_norm,
-                "guard/skipped": float(skipped),
-                "batch/zero_adv_groups": float(constant_groups(rewards, G).sum().item()),
-                "batch/responses": float(B),
-                "batch/response_tokens": float(n_tok),
-                "batch/truncated": float(sum(s.finish_reason == "length" for s in samples)),
-                "optim/lr": self.lr_sched.get_last_lr()[0],
-                "time/train": time.monotonic() - t0,
-            }
+        adv = group_advantages(rewards, G, self.cfg.estimator)  # [B], over the whole batch
+        mine = list(range(self.rank, len(samples), self.world_size))  # this process's responses
+        rows = self._collate([samples[i] for i in mine], adv[mine])
+        plan = plan_micro_batches(
+            [len(samples[i].prompt_ids) + len(samples[i].response_ids) for i in mine],
+            self.cfg.micro_batch_size,
+            self.cfg.max_tokens_per_micro_batch,
         )
-        metrics["staleness/hist"] = hist
-        if split:
-            metrics["grad/norm_pos"] = _grad_norm(grads_pos)
-            metrics["grad/norm_neg"] = _grad_norm(grads_neg)
+        ctx = self._context(rows, plan)
+        split = self.cfg.grad_split_every > 0 and self.version % self.cfg.grad_split_every == 0
+        grads_pm = [[torch.zeros_like(p) for p in self.params] for _ in range(2)] if split else None
+
+        self.opt.zero_grad(set_to_none=True)
+        results = [self._micro_step(rows.select(idx), ctx, grads_pm) for idx in plan]
+        metrics = response_metrics(
+            ResponseTerms.cat([r.terms for r in results]), metric_prefix(self.cfg.objective)
+        )
+        metrics.update(_combine_objective_metrics(results))
+        if split:  # before the update: the fp16 scaler may change its scale there
+            metrics["grad/norm_pos"], metrics["grad/norm_neg"] = (
+                _grad_norm(g) / self._loss_scale() for g in grads_pm
+            )
+        metrics.update(self._update(metrics["loss/total"]))
+        metrics.update(_batch_metrics(batch, samples, rewards, G))
+        metrics["time/train"] = time.monotonic() - t0
         return metrics
 
-    def _fraction(self, resp_mask: torch.Tensor, sl: slice) -> float:
-        """This micro-batch's share of the batch loss under the configured aggregation."""
-        if self.cfg.agg == "token-mean":
-            return float(resp_mask[sl].sum() / resp_mask.sum().clamp(min=1))
-        return resp_mask[sl].shape[0] / resp_mask.shape[0]
+    def _collate(self, samples: list[Sample], adv: torch.Tensor) -> _Rows:
+        input_ids, attention, mask, blp = collate(samples, self.pad_id, self.device)
+        if self.cfg.needs_behavior_logp and blp is None:
+            raise ValueError(
+                f"objective {self.cfg.objective!r} needs behavior log-probs but the samples carry none"
+            )
+        return _Rows(input_ids, attention, mask, blp, adv.to(self.device))
 
-    def _batch_mean_nll(self, input_ids, attention, resp_mask, mb: int) -> float:
-        """Mean over the batch's responses (with tokens) of their current mean token NLL: one no-grad forward
-        pass, paid only by asympo's rescale=batch_mean under micro-batching (its scale is a batch mean)."""
-        total, count = 0.0, 0
-        with torch.no_grad():
-            for start in range(0, input_ids.shape[0], mb):
-                sl = slice(start, start + mb)
-                logp, _ = causal_lm_logprobs(
-                    self.model,
-                    input_ids[sl],
-                    attention[sl],
-                    temperature=self.cfg.temperature,
-                    chunk_size=self.cfg.chunk_size,
-                )
-                nll = mean_token_nll(logp, resp_mask[sl])
-                has = resp_mask[sl].sum(-1) > 0
-                total += float(nll[has].sum())
-                count += int(has.sum())
-        return total / count if count else 1.0
+    def _context(self, rows: _Rows, plan: list[list[int]]) -> LossContext:
+        """The whole batch's counts and the statistics the objective declares, reduced over processes."""
+        stats = self.objective.batch_stats(self.cfg.hparams)
+        if stats and len(plan) == 1 and self.world_size == 1:
+            stats = ()  # the one micro-batch is the batch: compute_loss computes them from its forward pass
+        if not stats:
+            totals = context_totals(rows.mask)
+        else:  # one no-grad pass over the batch, paid only by objectives that declare statistics
+            totals = torch.zeros(2 + 2 * len(stats), dtype=torch.float64)
+            with torch.no_grad(), self._autocast():
+                for idx in plan:
+                    mb = rows.select(idx)
+                    logp, _ = causal_lm_logprobs(
+                        self.model,
+                        mb.input_ids,
+                        mb.attention,
+                        temperature=self.cfg.temperature,
+                        chunk_size=self.cfg.chunk_size,
+                    )
+                    totals += context_totals(mb.mask, logp, stats)
+        return LossContext.from_totals(self.reduce_sum(totals), stats)
 
     def _micro_step(
-        self, input_ids, attention, resp_mask, adv, blp, frac, grads_pos, grads_neg, hparams
-    ) -> dict[str, float]:
+        self, mb: _Rows, ctx: LossContext, grads_pm: list[list[torch.Tensor]] | None
+    ) -> LossResult:
         cfg = self.cfg
-        logp, entropy = causal_lm_logprobs(
-            self.model,
-            input_ids,
-            attention,
-            temperature=cfg.temperature,
-            chunk_size=cfg.chunk_size,
-            with_entropy=cfg.log_entropy or cfg.entropy_coef > 0,
-        )  # [b, L-1]
-        ref_logp = None
-        if self.ref_model is not None:
-            with torch.no_grad():
-                ref_logp, _ = causal_lm_logprobs(
-                    self.ref_model,
-                    input_ids,
-                    attention,
-                    temperature=cfg.temperature,
-                    chunk_size=cfg.chunk_size,
-                )
-        ent = entropy.detach() if (entropy is not None and cfg.entropy_coef == 0) else entropy
-        loss, metrics = policy_loss(
+        with self._autocast():
+            logp, entropy = causal_lm_logprobs(
+                self.model,
+                mb.input_ids,
+                mb.attention,
+                temperature=cfg.temperature,
+                chunk_size=cfg.chunk_size,
+                with_entropy=cfg.log_entropy or cfg.entropy_coef > 0,
+            )  # [b, L-1]
+            ref_logp = None
+            if self.ref_model is not None:
+                with torch.no_grad():
+                    ref_logp, _ = causal_lm_logprobs(
+                        self.ref_model,
+                        mb.input_ids,
+                        mb.attention,
+                        temperature=cfg.temperature,
+                        chunk_size=cfg.chunk_size,
+                    )
+        if entropy is not None and cfg.entropy_coef == 0:
+            entropy = entropy.detach()  # logged only
+        loss_args = dict(agg=cfg.agg, ctx=ctx, **cfg.hparams)
+        res = compute_loss(
             cfg.objective,
             logp,
-            resp_mask,
-            adv,
-            behavior_logp=blp if cfg.needs_behavior_logp else None,
-            agg=cfg.agg,
+            mb.mask,
+            mb.adv,
+            mb.behavior_logp,
             ref_logp=ref_logp,
             kl_coef=cfg.kl_coef,
-            entropy=ent,
+            entropy=entropy,
             entropy_coef=cfg.entropy_coef,
-            **hparams,
+            **loss_args,
         )
-        if blp is not None and "kl/behavior" not in metrics:
-            d = blp - logp.detach()
-            metrics["kl/behavior"] = float(
-                ((torch.exp(d) - d - 1) * resp_mask).sum() / resp_mask.sum().clamp(min=1)
-            )
-        if grads_pos is None:
-            (loss * frac).backward()
-            return metrics
+        if grads_pm is None:
+            self._scaled(res.loss).backward()
+            return res
         # The positive and negative terms' gradients, separately: every objective's term for response i
         # depends on A_i alone, so masking the advantages splits the policy loss exactly.
         parts = [
-            policy_loss(
-                cfg.objective,
-                logp,
-                resp_mask,
-                adv * sel,
-                behavior_logp=blp if cfg.needs_behavior_logp else None,
-                agg=cfg.agg,
-                **hparams,
-            )[0]
-            for sel in (adv > 0, adv < 0)
+            compute_loss(cfg.objective, logp, mb.mask, mb.adv * sel, mb.behavior_logp, **loss_args).loss
+            for sel in (mb.adv > 0, mb.adv < 0)
         ]
-        rest = loss - parts[0] - parts[1]  # KL and entropy terms (zero when unused)
-        for part, acc in zip(parts, (grads_pos, grads_neg)):
-            gs = torch.autograd.grad(part * frac, self.params, retain_graph=True, allow_unused=True)
+        rest = res.loss - parts[0] - parts[1]  # KL and entropy terms (zero when unused)
+        for part, acc in zip(parts, grads_pm):
+            gs = torch.autograd.grad(self._scaled(part), self.params, retain_graph=True, allow_unused=True)
             for p, a, g in zip(self.params, acc, gs):
                 if g is not None:
                     a.add_(g)  # the batch's running pos/neg sums (for the norms)
                     p.grad = g.clone() if p.grad is None else p.grad.add_(g)  # this micro-batch's share only
         if rest.requires_grad:
-            (rest * frac).backward()
-        return metrics
+            self._scaled(rest).backward()
+        return res
+
+    def _scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        """fp16: the loss times the scaler's scale, so small gradients do not underflow."""
+        return self.scaler.scale(loss) if self.scaler is not None else loss
+
+    def _loss_scale(self) -> float:
+        return self.scaler.get_scale() if self.scaler is not None else 1.0
+
+    def _update(self, loss_total: float) -> dict[str, float]:
+        """Clip, then step, or skip a non-finite step (the NaN guard); stop after too many in a row."""
+        cfg = self.cfg
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm or float("inf")).item()
+        bad_loss, bad_grad = not math.isfinite(loss_total), not math.isfinite(norm)
+        # fp16: an overflowing gradient with a finite loss is the scaler's business (it lowers its scale).
+        overflow = self.scaler is not None and bad_grad and not bad_loss
+        skipped = (bad_loss or bad_grad) and not overflow
+        if bad_loss or bad_grad:
+            self.opt.zero_grad(set_to_none=True)  # never let a bad batch reach the weights
+        else:
+            if self.scaler is not None:
+                self.scaler.step(self.opt)
+            else:
+                self.opt.step()
+            self.lr_sched.step()
+        if self.scaler is not None:
+            self.scaler.update()
+        self.skipped_in_row = self.skipped_in_row + 1 if skipped else 0
+        self.version += 1
+        if cfg.max_skipped_steps and self.skipped_in_row >= cfg.max_skipped_steps:
+            raise NonFiniteStepsError(
+                f"learner step {self.version - 1}: {self.skipped_in_row} steps in a row had a non-finite loss "
+                f"(last {loss_total}) or gradient norm (last {norm}) and were skipped "
+                f"(learner.max_skipped_steps={cfg.max_skipped_steps}); lower learner.lr, keep "
+                "learner.max_grad_norm > 0, use learner.precision=fp32 or bf16-mixed, or check the rewards",
+                self.version - 1,
+            )
+        clipped = cfg.max_grad_norm > 0 and math.isfinite(norm) and norm > cfg.max_grad_norm
+        out = {
+            "grad/norm": norm,
+            "grad/clipped": float(clipped),
+            "guard/skipped": float(skipped),
+            "optim/lr": self.lr_sched.get_last_lr()[0],
+        }
+        if self.scaler is not None:
+            out["guard/fp16_overflow"] = float(overflow)
+            out["optim/loss_scale"] = self._loss_scale()
+        return out
 
     # ------------------------------------------------------------------ checkpointing
 
@@ -356,3 +497,47 @@ class Learner:
         self.version = state["version"]
         self.opt.load_state_dict(state["optimizer"])
         self.lr_sched.load_state_dict(state["lr_sched"])
+
+
+def _flatten(batch: Batch) -> tuple[list[Sample], int]:
+    """The batch's samples, group after group, and the group size (equal for all groups)."""
+    sizes = {len(g.samples) for g in batch.groups}
+    if len(sizes) != 1:
+        raise ValueError(f"all groups of a batch must have the same size, got {sorted(sizes)}")
+    return [s for g in batch.groups for s in g.samples], sizes.pop()
+
+
+def _combine_objective_metrics(results: list[LossResult]) -> dict[str, float]:
+    """The objective's scalar metrics over all micro-batches: means weighted by their response counts."""
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for r in results:
+        n = float(r.terms.adv.numel())
+        for k, v in r.objective_metrics.items():
+            if not math.isnan(v):
+                sums[k] = sums.get(k, 0.0) + n * v
+                counts[k] = counts.get(k, 0.0) + n
+            else:
+                sums.setdefault(k, 0.0)
+                counts.setdefault(k, 0.0)
+    return {k: sums[k] / counts[k] if counts[k] else float("nan") for k in sums}
+
+
+def _batch_metrics(batch: Batch, samples: list[Sample], rewards: torch.Tensor, G: int) -> dict:
+    staleness = batch.staleness
+    hist = [0] * (max(staleness) + 1 if staleness else 1)
+    for s in staleness:
+        hist[s] += 1
+    B = len(samples)
+    return {
+        "policy_version": float(batch.learner_version),
+        "reward/mean": rewards.mean().item(),
+        "reward/std": rewards.std().item() if B > 1 else 0.0,
+        "staleness/mean": sum(staleness) / len(staleness),
+        "staleness/max": float(max(staleness)),
+        "staleness/hist": hist,
+        "batch/zero_adv_groups": float(constant_groups(rewards, G).sum().item()),
+        "batch/responses": float(B),
+        "batch/response_tokens": float(sum(len(s.response_ids) for s in samples)),
+        "batch/truncated": float(sum(s.finish_reason == "length" for s in samples)),
+    }

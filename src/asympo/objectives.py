@@ -7,11 +7,25 @@ Every objective is a pure function registered under a name:
 `logp` is always the *current* policy's log-prob of the sampled tokens, `behavior_logp` always the
 sampler's (never "old"). The per-token loss is then reduced by `aggregate` (a separate choice,
 `agg`). Under the default `seq-mean-token-mean`, a per-token loss of `-A_i · w_i · logp[i,t]` turns
-into the per-response term `A_i · w_i · l_i` of the paper, with `l_i` the mean token NLL.
+into the per-response term `A_i · w_i · l_i` of the paper, with `l_i` the mean token NLL. An objective
+may return its w_i as `metrics["weight"]` (a detached-able [B] tensor; the weight diagnostics use it); its
+other metrics are floats.
 
 `policy_loss` is the one entry point the learner and the integrations call: it validates the input,
-runs the objective, aggregates, adds the optional KL and entropy terms and computes the diagnostics of
-docs/design.md#diagnostics (`nll/pos`, `nll/neg`, `nll/ratio`, `loss/pos`, `loss/neg`, ...).
+runs the objective, aggregates, adds the optional KL and entropy terms and computes the diagnostics
+(`nll/pos`, `nll/neg`, `nll/ratio`, `loss/pos`, `loss/neg`, ...; see docs/design.md).
+
+Batches split over micro-batches or processes. An objective may need a statistic of the *whole* batch
+(asympo's `rescale="batch_mean"` needs the batch mean of l_i); it declares it (`batch_stats`) and every
+host computes it once per batch and passes it in a `LossContext`, together with the batch's response and
+token counts, which `aggregate` divides by. The host's recipe, identical for one process and many:
+
+    totals = reduce_sum(context_totals(mask, logp, stats))   # [2 + 2K], one all-reduce (identity locally)
+    ctx = LossContext.from_totals(totals, stats)
+    loss = Σ over its micro-batches of compute_loss(..., ctx=ctx).loss  # == the whole batch's loss
+
+Metrics are combined the same way: `compute_loss` returns detached per-response tensors
+(`ResponseTerms`), a host concatenates them and summarises once with `response_metrics`.
 
 This module imports nothing else of asympo's.
 """
@@ -22,20 +36,29 @@ import importlib
 import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 
 __all__ = [
     "AGG_MODES",
+    "BATCH_STATS",
     "OBJECTIVES",
+    "LossContext",
+    "LossResult",
     "Objective",
+    "ResponseTerms",
     "aggregate",
+    "compute_loss",
+    "context_totals",
     "get_objective",
+    "kl_k3",
     "mean_token_nll",
     "needs_behavior_logp",
+    "per_response",
     "policy_loss",
     "register_objective",
+    "response_metrics",
 ]
 
 ObjectiveFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]
@@ -51,41 +74,63 @@ class Objective:
     fn: ObjectiveFn
     needs_behavior_logp: bool
     hparams: dict[str, object]  # name -> default
+    stats: tuple[str, ...] | Callable[[dict], tuple[str, ...]] = ()
+    """Names in BATCH_STATS the objective reads from its `ctx`, or a function of its hparams giving them."""
+    takes_ctx: bool = False
 
     def __call__(self, *args, **kwargs):
         return self.fn(*args, **kwargs)
+
+    def batch_stats(self, hparams: dict) -> tuple[str, ...]:
+        """The batch statistics this objective needs with `hparams` (defaults filled in)."""
+        names = self.stats({**self.hparams, **hparams}) if callable(self.stats) else self.stats
+        unknown = sorted(set(names) - set(BATCH_STATS))
+        if unknown:
+            raise ValueError(
+                f"objective {self.name!r} declares unknown batch statistic(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(BATCH_STATS))}"
+            )
+        return tuple(names)
 
 
 OBJECTIVES: dict[str, Objective] = {}
 
 
-def register_objective(name: str, *, needs_behavior_logp: bool = False):
+def register_objective(
+    name: str,
+    *,
+    needs_behavior_logp: bool = False,
+    batch_stats: tuple[str, ...] | Callable[[dict], tuple[str, ...]] = (),
+):
     """Decorator: register `fn(logp, mask, adv, behavior_logp, *, **hparams)` under `name`.
 
     The keyword-only parameters of `fn` (with their defaults) are the objective's hparams; anything
-    else passed to `policy_loss` is rejected with a ValueError listing them.
+    else passed to `policy_loss` is rejected with a ValueError listing them. A keyword-only `ctx`
+    parameter is not an hparam: it receives the `LossContext`, whose `batch_stats` fields (names of
+    BATCH_STATS, or a function of the hparams returning them) the host fills for the whole batch.
     """
 
     def deco(fn: ObjectiveFn) -> ObjectiveFn:
         if name in OBJECTIVES:
             raise ValueError(f"objective {name!r} is already registered")
-        OBJECTIVES[name] = _make_objective(name, fn, needs_behavior_logp)
+        OBJECTIVES[name] = _make_objective(name, fn, needs_behavior_logp, batch_stats)
         return fn
 
     return deco
 
 
-def _make_objective(name: str, fn: ObjectiveFn, needs_behavior_logp: bool) -> Objective:
+def _make_objective(name: str, fn: ObjectiveFn, needs_behavior_logp: bool, stats=()) -> Objective:
     params = inspect.signature(fn).parameters.values()
-    hparams = {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    return Objective(name, fn, needs_behavior_logp, hparams)
+    kw = {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    takes_ctx = kw.pop("ctx", None) is not None or "ctx" in {p.name for p in params}
+    return Objective(name, fn, needs_behavior_logp, kw, stats, takes_ctx)
 
 
 def get_objective(name: str) -> Objective:
     """A registered objective by name, or a user function by import path `pkg.module:function`.
 
     A user function has the registry's signature; set `fn.needs_behavior_logp = True` on it if it
-    uses `behavior_logp`.
+    uses `behavior_logp`, and `fn.batch_stats = ("mean_nll",)` if it reads a batch statistic from `ctx`.
     """
     if name in OBJECTIVES:
         return OBJECTIVES[name]
@@ -98,7 +143,8 @@ def get_objective(name: str) -> Objective:
         fn = getattr(module, attr, None)
         if not callable(fn):
             raise ValueError(f"objective {name!r}: module {module_name!r} has no function {attr!r}")
-        return _make_objective(name, fn, bool(getattr(fn, "needs_behavior_logp", False)))
+        needs = bool(getattr(fn, "needs_behavior_logp", False))
+        return _make_objective(name, fn, needs, getattr(fn, "batch_stats", ()))
     raise ValueError(
         f"unknown objective {name!r}; valid objectives: {', '.join(sorted(OBJECTIVES))} "
         "(or an import path 'pkg.module:function')"
@@ -125,22 +171,100 @@ def mean_token_nll(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return -(logp * mask).sum(-1) / _token_counts(mask)
 
 
-def aggregate(loss_tok: torch.Tensor, mask: torch.Tensor, agg: str = "seq-mean-token-mean") -> torch.Tensor:
+# Statistics an objective may need of the whole batch: each is the mean, over the batch's responses with
+# at least one token, of a per-response value computed from (logp, mask)  # [B, T] -> [B]. The name is
+# also the LossContext field that carries it.
+BATCH_STATS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"mean_nll": mean_token_nll}
+
+
+@dataclass(frozen=True)
+class LossContext:
+    """What the host knows about the whole batch that one `policy_loss` call may not see.
+
+    A host that splits a batch (micro-batches, data-parallel ranks) builds it once per batch with
+    `context_totals` + `LossContext.from_totals`; left at None, each field means "the responses given".
+    """
+
+    num_responses: int | None = None
+    """Responses in the whole batch: the denominator of the seq-mean aggregations."""
+    num_tokens: int | None = None
+    """Response tokens in the whole batch: the denominator of token-mean."""
+    mean_nll: float | None = None
+    """Batch mean of l_i (mean token NLL) over responses with tokens; filled when an objective declares it."""
+
+    @staticmethod
+    def from_totals(totals: torch.Tensor, stats: tuple[str, ...] = ()) -> LossContext:
+        """The context from `context_totals` summed over every part of the batch (`[2 + 2K]`)."""
+        t = totals.tolist()
+        values = {}
+        for k, name in enumerate(stats):
+            total, count = t[2 + 2 * k], t[3 + 2 * k]
+            values[name] = total / count if count else 1.0  # no tokens at all: a neutral scale
+        return LossContext(num_responses=round(t[0]), num_tokens=round(t[1]), **values)
+
+
+def context_totals(mask: torch.Tensor, logp: torch.Tensor | None = None, stats: tuple[str, ...] = ()):
+    """Sums over these responses that make a LossContext: [responses, tokens, (Σ stat_k, count_k) ...].
+
+    float64 `[2 + 2K]`; summing it over micro-batches or processes (one all-reduce) and passing it to
+    `LossContext.from_totals` gives the whole batch's context. `logp` is needed only when `stats` is set.
+    """
+    has_tokens = mask.sum(-1) > 0  # [B]
+    out = [float(mask.shape[0]), float(mask.sum())]
+    for name in stats:
+        if logp is None:
+            raise ValueError(f"batch statistic {name!r} needs logp")
+        with torch.no_grad():
+            v = BATCH_STATS[name](logp.detach(), mask)  # [B]
+        out += [float(v[has_tokens].sum()), float(has_tokens.sum())]
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def per_response(
+    loss_tok: torch.Tensor,
+    mask: torch.Tensor,
+    agg: str = "seq-mean-token-mean",
+    ctx: LossContext | None = None,
+) -> torch.Tensor:
+    """Each response's share of the aggregated loss: `aggregate` is its sum.  # [B, T] -> [B]
+
+    The denominator is the whole batch's (from `ctx`), so shares of micro-batches add up exactly.
+    """
+    masked = (loss_tok * mask).sum(-1)  # [B]
+    ctx = ctx or LossContext()
+    if agg == "seq-mean-token-mean":
+        return masked / _token_counts(mask) / (ctx.num_responses or mask.shape[0])
+    if agg == "token-mean":
+        n_tok = ctx.num_tokens if ctx.num_tokens is not None else float(mask.sum())
+        return masked / max(1.0, float(n_tok))
+    if agg == "seq-mean-token-sum":
+        return masked / (ctx.num_responses or mask.shape[0])
+    raise ValueError(f"unknown agg {agg!r}; valid: {', '.join(AGG_MODES)}")
+
+
+def aggregate(
+    loss_tok: torch.Tensor,
+    mask: torch.Tensor,
+    agg: str = "seq-mean-token-mean",
+    ctx: LossContext | None = None,
+) -> torch.Tensor:
     """Reduce a per-token loss [B, T] to a scalar.
 
     - `seq-mean-token-mean` (default): mean over each response's tokens, then over responses; every
       response weighs the same, which is what keeps ASymPO's response-level zero-sum balance.
     - `token-mean`: mean over all tokens of the batch (length-weighted; breaks ASymPO's balance).
     - `seq-mean-token-sum`: sum over each response's tokens, then mean over responses (breaks it too).
+
+    With a `ctx`, the means are over the whole batch's responses / tokens, so the result is this part's
+    share of the batch loss.
     """
-    masked = loss_tok * mask
-    if agg == "seq-mean-token-mean":
-        return (masked.sum(-1) / _token_counts(mask)).mean()
-    if agg == "token-mean":
-        return masked.sum() / mask.sum().clamp(min=1)
-    if agg == "seq-mean-token-sum":
-        return masked.sum(-1).mean()
-    raise ValueError(f"unknown agg {agg!r}; valid: {', '.join(AGG_MODES)}")
+    return per_response(loss_tok, mask, agg, ctx).sum()
+
+
+def kl_k3(logp: torch.Tensor, other_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(other || current): exp(d) - d - 1 with d = other - logp; >= 0.  # [B, T]"""
+    d = other_logp - logp
+    return torch.exp(d) - d - 1.0
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
@@ -169,43 +293,42 @@ def spo(logp, mask, adv, behavior_logp, *, neg_scale: float = 0.5):
         raise ValueError(f"spo: neg_scale must be >= 0, got {neg_scale}")
     c = torch.where(adv >= 0, torch.ones_like(adv), torch.full_like(adv, neg_scale))  # [B]
     loss_tok = -(c * adv)[:, None] * logp  # [B, T]
-    return loss_tok, {}
+    return loss_tok, {"weight": c}
 
 
-@register_objective("asympo")
+def _asympo_stats(hparams: dict) -> tuple[str, ...]:
+    return ("mean_nll",) if hparams.get("rescale") == "batch_mean" else ()
+
+
+@register_objective("asympo", batch_stats=_asympo_stats)
 def asympo(
     logp,
     mask,
     adv,
     behavior_logp,
     *,
+    ctx: LossContext,
     eps: float = 1e-6,
     rescale: str = "none",
-    batch_nll: float | None = None,
 ):
     """ASymPO: A_i · l_i / sg(max(l_i, eps)).
 
     Every response's term is divided by its own current mean token NLL (detached), so the forward value
     of each term is A_i and zero-sum advantages give balanced positive and negative contributions; the
     gradient is A_i ∇l_i / l_i = A_i ∇ log l_i. `rescale="batch_mean"` multiplies every term by
-    sg(mean_j l_j): the balance is kept and the overall step size returns to naive's scale. The mean is
-    over the responses given, unless `batch_nll` supplies it: the learner sets it to the whole batch's mean
-    when it splits a batch into micro-batches, so the scale does not depend on `micro_batch_size`.
+    sg(mean_j l_j) over the whole batch (`ctx.mean_nll`, which the host computes once per batch however it
+    splits it): the balance is kept and the overall step size returns to naive's scale.
     """
     if not eps > 0:
         raise ValueError(f"asympo: eps must be > 0, got {eps}")
     if rescale not in ("none", "batch_mean"):
         raise ValueError(f"asympo: rescale must be 'none' or 'batch_mean', got {rescale!r}")
     nll = mean_token_nll(logp, mask).detach()  # [B]
-    scale = 1.0 / nll.clamp(min=eps)  # [B]
+    weight = 1.0 / nll.clamp(min=eps)  # [B]
     if rescale == "batch_mean":
-        has_tokens = mask.sum(-1) > 0
-        if batch_nll is not None:
-            scale = scale * float(batch_nll)
-        else:
-            scale = scale * (nll[has_tokens].mean() if has_tokens.any() else nll.new_tensor(1.0))
-    loss_tok = -(adv * scale)[:, None] * logp  # [B, T]
-    return loss_tok, {"asympo/scale_mean": scale.mean().item()}
+        weight = weight * ctx.mean_nll
+    loss_tok = -(adv * weight)[:, None] * logp  # [B, T]
+    return loss_tok, {"asympo/scale_mean": weight.mean().item(), "weight": weight}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,13 +435,120 @@ def _shape(x) -> str:
     return f"shape {list(x.shape)}" if isinstance(x, torch.Tensor) else f"a {type(x).__name__}"
 
 
-def _nan_to_none_ratio(num: float, den: float) -> float:
+@dataclass
+class ResponseTerms:
+    """Detached per-response values of one `compute_loss` call  # [B] each.
+
+    A host that splits a batch concatenates them (`ResponseTerms.cat`) and summarises the whole batch once
+    with `response_metrics`, so the metrics are sums over responses divided once, whatever the split.
+    """
+
+    adv: torch.Tensor
+    """A_i."""
+    nll: torch.Tensor
+    """l_i, the mean token NLL under the current policy."""
+    n_tokens: torch.Tensor
+    """Response tokens (0 for an empty response)."""
+    policy: torch.Tensor
+    """Share of the aggregated policy loss (sums to `loss/policy`)."""
+    total: torch.Tensor
+    """Share of the total loss: policy + kl_coef · KL - entropy_coef · entropy (sums to `loss/total`)."""
+    kl_ref: torch.Tensor | None = None
+    """Share of the aggregated k3 KL to the reference (before kl_coef)."""
+    entropy: torch.Tensor | None = None
+    """Share of the aggregated token entropy."""
+    kl_behavior: torch.Tensor | None = None
+    """Σ_t k3(behavior || current) over the response's tokens (divided by all tokens in the summary)."""
+    weight: torch.Tensor | None = None
+    """The objective's per-response weight w_i in A_i · w_i · l_i, when it exposes one (metric key "weight")."""
+
+    @staticmethod
+    def cat(parts: list[ResponseTerms]) -> ResponseTerms:
+        """One record for the responses of all `parts`, in order."""
+        out = {}
+        for f in fields(ResponseTerms):
+            vals = [getattr(p, f.name) for p in parts]
+            out[f.name] = None if any(v is None for v in vals) else torch.cat(vals)
+        return ResponseTerms(**out)
+
+
+@dataclass
+class LossResult:
+    """What `compute_loss` returns: the loss to backpropagate and what to log about it."""
+
+    loss: torch.Tensor
+    """Scalar: this call's share of the batch loss (the whole loss when no `ctx` splits the batch)."""
+    terms: ResponseTerms
+    """Per-response values for `response_metrics`."""
+    objective_metrics: dict[str, float]
+    """The objective's own scalar metrics (e.g. `clip/frac`) for the responses of this call."""
+
+
+def _ratio(num: float, den: float) -> float:
     if math.isnan(num) or math.isnan(den) or den == 0:
         return float("nan")
     return num / den
 
 
-def policy_loss(
+def _mean(x: torch.Tensor, sel: torch.Tensor) -> float:
+    return x[sel].double().mean().item() if bool(sel.any()) else float("nan")
+
+
+def _corr(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Pearson correlation; NaN with fewer than two points or no spread."""
+    if x.numel() < 2:
+        return float("nan")
+    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
+    den = float((x.square().sum() * y.square().sum()).sqrt())
+    return float((x * y).sum()) / den if den > 0 else float("nan")
+
+
+def response_metrics(terms: ResponseTerms, prefix: str = "objective") -> dict[str, float]:
+    """The positive/negative diagnostics of a batch from its per-response values (see docs/design.md).
+
+    `nll/pos|neg|ratio`, `len/pos|neg` (mean response tokens), `nll/len_corr` (correlation of length and
+    l_i), `loss/pos|neg|policy|total`, `kl/ref`, `policy/entropy`, `kl/behavior` where present, and for an
+    objective that exposes per-response weights w_i: `<prefix>/weight_cv` (std / mean), `weight_min`,
+    `weight_max` and `<prefix>/neg_weight` = mean w_i on negatives / on positives (spo's neg_scale for spo).
+    Always the same keys for the same inputs, so hosts that log per micro-batch get equal-length lists.
+    """
+    has = terms.n_tokens > 0
+    pos, neg = (terms.adv > 0) & has, (terms.adv < 0) & has
+    nll_pos, nll_neg = _mean(terms.nll, pos), _mean(terms.nll, neg)
+    m = {
+        "nll/pos": nll_pos,
+        "nll/neg": nll_neg,
+        "nll/ratio": _ratio(nll_neg, nll_pos),
+        "len/pos": _mean(terms.n_tokens, pos),
+        "len/neg": _mean(terms.n_tokens, neg),
+        "nll/len_corr": _corr(terms.n_tokens[has], terms.nll[has]),
+        "loss/pos": terms.policy[terms.adv > 0].sum().item(),
+        "loss/neg": terms.policy[terms.adv < 0].sum().item(),
+        "loss/policy": terms.policy.sum().item(),
+        "loss/total": terms.total.sum().item(),
+    }
+    if terms.kl_ref is not None:
+        m["kl/ref"] = terms.kl_ref.sum().item()
+    if terms.entropy is not None:
+        m["policy/entropy"] = terms.entropy.sum().item()
+    if terms.kl_behavior is not None:
+        m["kl/behavior"] = _ratio(terms.kl_behavior.sum().item(), terms.n_tokens.sum().item())
+    if terms.weight is not None:
+        w = terms.weight[has].double()
+        mean = w.mean().item() if w.numel() else float("nan")
+        m[f"{prefix}/weight_cv"] = _ratio(w.std().item(), mean) if w.numel() > 1 else float("nan")
+        m[f"{prefix}/weight_min"] = w.min().item() if w.numel() else float("nan")
+        m[f"{prefix}/weight_max"] = w.max().item() if w.numel() else float("nan")
+        m[f"{prefix}/neg_weight"] = _ratio(_mean(terms.weight, neg), _mean(terms.weight, pos))
+    return m
+
+
+def metric_prefix(name: str) -> str:
+    """The namespace of an objective's metrics: its name, or the function name of an import path."""
+    return name.rpartition(":")[2]
+
+
+def compute_loss(
     name: str,
     logp: torch.Tensor,
     mask: torch.Tensor,
@@ -330,14 +560,13 @@ def policy_loss(
     kl_coef: float = 0.0,
     entropy: torch.Tensor | None = None,
     entropy_coef: float = 0.0,
+    ctx: LossContext | None = None,
     **hparams,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss (scalar, to minimise) and metrics for objective `name` on one batch.
+) -> LossResult:
+    """`policy_loss` for hosts: the loss plus detached per-response values instead of summed metrics.
 
-    Shapes: logp, mask, behavior_logp, ref_logp, entropy [B, T]; advantages [B].
-    `kl_coef > 0` adds a k3 KL estimate to `ref_logp`; `entropy_coef > 0` subtracts the aggregated
-    token entropy (pass `entropy`). Raises ValueError naming the problem for an unknown objective,
-    hparam or agg, mismatched shapes, or a behavior-corrected objective without `behavior_logp`.
+    Same arguments and errors as `policy_loss`. The batch statistics the objective declares are read from
+    `ctx`; those `ctx` leaves at None are computed from the responses given.
     """
     objective = get_objective(name)
     unknown = sorted(set(hparams) - set(objective.hparams))
@@ -359,39 +588,82 @@ def policy_loss(
 
     mask = mask.to(logp.dtype)
     adv = advantages.to(logp.dtype)
-    loss_tok, obj_metrics = objective.fn(logp, mask, adv, behavior_logp, **hparams)
-    pg_loss = aggregate(loss_tok, mask, agg)
-    loss = pg_loss
-
-    with torch.no_grad():
-        nll = mean_token_nll(logp, mask)  # [B]
-        has_tokens = mask.sum(-1) > 0
-        pos, neg = (adv > 0) & has_tokens, (adv < 0) & has_tokens
-        lt = loss_tok.detach()
-        nll_pos = nll[pos].mean().item() if pos.any() else float("nan")
-        nll_neg = nll[neg].mean().item() if neg.any() else float("nan")
-        metrics: dict[str, float] = {
-            "nll/pos": nll_pos,
-            "nll/neg": nll_neg,
-            "nll/ratio": _nan_to_none_ratio(nll_neg, nll_pos),
-            "loss/pos": aggregate(lt * pos[:, None], mask, agg).item(),
-            "loss/neg": aggregate(lt * neg[:, None], mask, agg).item(),
-            "loss/policy": pg_loss.item(),
-        }
-        if behavior_logp is not None:
-            d = behavior_logp - logp.detach()
-            metrics["kl/behavior"] = _masked_mean(torch.exp(d) - d - 1.0, mask)
-
-    if kl_coef:
-        d = ref_logp - logp
-        kl = aggregate(torch.exp(d) - d - 1.0, mask, agg)  # k3 estimator, >= 0
-        loss = loss + kl_coef * kl
-        metrics["kl/ref"] = kl.item()
+    ctx = ctx or LossContext()
+    missing = tuple(s for s in objective.batch_stats(hparams) if getattr(ctx, s) is None)
+    if missing:  # no host computed them: the responses given are the batch
+        local = LossContext.from_totals(context_totals(mask, logp, missing), missing)
+        ctx = replace(ctx, **{stat: getattr(local, stat) for stat in missing})
+    kwargs = {"ctx": ctx} if objective.takes_ctx else {}
+    loss_tok, obj_metrics = objective.fn(logp, mask, adv, behavior_logp, **kwargs, **hparams)
+    weight = obj_metrics.pop("weight", None)
+    share = per_response(loss_tok, mask, agg, ctx)  # [B]
+    loss = share.sum()
+    total = share.detach()
+    kl_share = ent_share = kl_beh = None
+    if kl_coef or ref_logp is not None:
+        kl_share = per_response(kl_k3(logp, ref_logp), mask, agg, ctx)
+        if kl_coef:
+            loss = loss + kl_coef * kl_share.sum()
+            total = total + kl_coef * kl_share.detach()
     if entropy is not None:
-        ent = aggregate(entropy, mask, agg)
-        metrics["policy/entropy"] = ent.item()
+        ent_share = per_response(entropy, mask, agg, ctx)
         if entropy_coef:
-            loss = loss - entropy_coef * ent
-    metrics["loss/total"] = loss.item()
-    metrics.update(obj_metrics)
-    return loss, metrics
+            loss = loss - entropy_coef * ent_share.sum()
+            total = total - entropy_coef * ent_share.detach()
+    if behavior_logp is not None:
+        kl_beh = (kl_k3(logp.detach(), behavior_logp) * mask).sum(-1)
+    det = lambda t: None if t is None else t.detach()  # noqa: E731
+    terms = ResponseTerms(
+        adv=adv.detach(),
+        nll=mean_token_nll(logp.detach(), mask),
+        n_tokens=mask.sum(-1),
+        policy=share.detach(),
+        total=total,
+        kl_ref=det(kl_share),
+        entropy=det(ent_share),
+        kl_behavior=kl_beh,
+        weight=det(weight),
+    )
+    return LossResult(loss, terms, obj_metrics)
+
+
+def policy_loss(
+    name: str,
+    logp: torch.Tensor,
+    mask: torch.Tensor,
+    advantages: torch.Tensor,
+    behavior_logp: torch.Tensor | None = None,
+    *,
+    agg: str = "seq-mean-token-mean",
+    ref_logp: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    entropy: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
+    ctx: LossContext | None = None,
+    **hparams,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss (scalar, to minimise) and metrics for objective `name` on one batch.
+
+    Shapes: logp, mask, behavior_logp, ref_logp, entropy [B, T]; advantages [B].
+    `kl_coef > 0` adds a k3 KL estimate to `ref_logp`; `entropy_coef > 0` subtracts the aggregated
+    token entropy (pass `entropy`). `ctx` (optional) carries the whole batch's counts and statistics
+    when these responses are only part of it. Raises ValueError naming the problem for an unknown
+    objective, hparam or agg, mismatched shapes, or a behavior-corrected objective without `behavior_logp`.
+    """
+    res = compute_loss(
+        name,
+        logp,
+        mask,
+        advantages,
+        behavior_logp,
+        agg=agg,
+        ref_logp=ref_logp,
+        kl_coef=kl_coef,
+        entropy=entropy,
+        entropy_coef=entropy_coef,
+        ctx=ctx,
+        **hparams,
+    )
+    metrics = response_metrics(res.terms, metric_prefix(name))
+    metrics.update(res.objective_metrics)
+    return res.loss, metrics

@@ -34,7 +34,16 @@ PRESETS: dict[str, dict] = {
             "max_prompts_per_call": 32,
         },
         "buffer": {"max_staleness": 4, "policy": "wait"},
-        "learner": {"objective": "asympo", "lr": 1e-6, "micro_batch_size": 16, "warmup_steps": 10},
+        # fp32 master weights with a bf16 forward (bf16 weights would round lr-1e-6 updates away); micro-batches
+        # by token budget and recomputed activations so 32x8 responses of 512 tokens fit one GPU.
+        "learner": {
+            "objective": "asympo",
+            "lr": 1e-6,
+            "precision": "bf16-mixed",
+            "gradient_checkpointing": True,
+            "max_tokens_per_micro_batch": 16384,
+            "warmup_steps": 10,
+        },
         "eval": {"every": 50, "limit": 500, "n": 1, "temperature": 0.0},
     },
 }

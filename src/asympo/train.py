@@ -25,7 +25,7 @@ from asympo.config import TrainConfig
 from asympo.data.problem import Problem
 from asympo.engines.base import SamplingParams
 from asympo.evaluate import load_task
-from asympo.learner import Learner
+from asympo.learner import Learner, NonFiniteStepsError, master_dtype, resolve_precision
 from asympo.modelpath import check_model_path
 from asympo.runtime.backend import Backend, WorkerSpec
 from asympo.runtime.scheduler import PromptScheduler
@@ -55,6 +55,25 @@ def resolve_model_path(cfg: TrainConfig, progress: bool = True) -> str:
     # The warm-up learns the same arithmetic task that RL then trains on.
     sft = {**cfg.sft, "task": {**cfg.task.arithmetic, **cfg.sft.get("task", {})}}
     return str(warmup(SFTConfig(**sft), progress=progress))
+
+
+def load_policy(cfg: TrainConfig, model_path: str, ckpt: Path | None):
+    """The learner's model and its KL reference (None: a copy of the model is right).
+
+    The learner keeps its weights in fp32 (bf16 only for learner.precision=bf16-pure) whatever model.dtype
+    says: model.dtype is the rollout engine's. A resumed run with kl_coef > 0 loads the *initial* policy
+    from `model_path` as the reference, not the checkpoint's weights.
+    """
+    from transformers import AutoModelForCausalLM
+
+    dtype = master_dtype(resolve_precision(cfg.learner.precision, cfg.model.device))
+    model = AutoModelForCausalLM.from_pretrained(
+        str(ckpt or model_path), dtype=dtype, trust_remote_code=False
+    )
+    reference = None
+    if ckpt is not None and cfg.learner.kl_coef > 0:
+        reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=False)
+    return model, reference
 
 
 def check_device(device: str, fix: str = "--set model.device=cpu") -> None:
@@ -214,7 +233,7 @@ def train(
     cfg: TrainConfig, *, resume: bool = False, progress: bool = True, callbacks: list[Callback] | None = None
 ) -> RunResult:
     """Run (or with `resume=True`, continue) the training described by `cfg`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     t_start = time.monotonic()
     callbacks = callbacks or []
@@ -238,17 +257,14 @@ def train(
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - busy))
     model_path = resolve_model_path(cfg, progress=progress)
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
-    dtype = getattr(torch, cfg.model.dtype)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(ckpt or model_path), dtype=dtype, trust_remote_code=False
-    )
+    model, reference = load_policy(cfg, model_path, ckpt)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train_problems = load_task(cfg.task, cfg.task.train_split, tokenizer)
     eval_problems = load_task(cfg.task, cfg.task.eval_split, tokenizer)
 
     if not resume:
         atomic_write_text(out / "config.json", cfg.to_json())
-    learner = Learner(model, cfg.learner, pad_id=pad_id, device=cfg.model.device)
+    learner = Learner(model, cfg.learner, pad_id=pad_id, device=cfg.model.device, reference=reference)
     scheduler = PromptScheduler(
         train_problems,
         prompts_per_step=cfg.rollout.prompts_per_step,
@@ -268,7 +284,8 @@ def train(
         model_path=model_path,
         sampling=sampling,
         reward=cfg.task.reward_name,
-        engine_kwargs={"device": cfg.model.device, **cfg.rollout.engine_kwargs}
+        # The engine keeps model.dtype; the learner's fp32 master weights are cast as they are loaded.
+        engine_kwargs={"device": cfg.model.device, "dtype": cfg.model.dtype, **cfg.rollout.engine_kwargs}
         if cfg.rollout.engine == "torch"
         else dict(cfg.rollout.engine_kwargs),
         reward_workers=cfg.rollout.reward_workers,
@@ -308,7 +325,16 @@ def train(
     try:
         for step in range(start_step, cfg.steps):
             batch = backend.next_batch(learner.version, cfg.rollout.prompts_per_step)
-            m = learner.step(batch)
+            try:
+                m = learner.step(batch)
+            except NonFiniteStepsError as e:
+                last_good = latest_checkpoint(ckpt_root)
+                where = (
+                    f"the last good checkpoint is {last_good}"
+                    if last_good
+                    else "no checkpoint was written yet"
+                )
+                raise NonFiniteStepsError(f"step {step}: {e}; {where}", e.version) from e
             backend.publish(learner.model.state_dict(), learner.version)
             m["step"] = step
             m["time/wait"] = batch.time_wait

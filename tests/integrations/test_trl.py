@@ -15,7 +15,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM
 
 from asympo.integrations.trl import ASymPOConfig, ASymPOTrainer
-from asympo.objectives import policy_loss
+from asympo.objectives import LossContext, policy_loss
 from tests.models import tiny_qwen2
 
 pytestmark = pytest.mark.integration
@@ -137,6 +137,47 @@ def test_loss_on_a_fixed_batch_equals_the_objective(tmp_path, loss_type, hparams
     assert logged["nll/ratio"][-1] == pytest.approx(ref_metrics["nll/ratio"], rel=1e-5)
     if loss_type == "asympo" and hparams["rescale"] == "none":
         assert float(loss.detach()) == pytest.approx(float(batch["advantages"].mean()), abs=1e-6)
+
+
+def test_batch_mean_uses_the_whole_generation_batch(tmp_path):
+    """rescale=batch_mean: the generation batch carries its mean NLL, and every micro-batch of it uses that
+    value, not its own mean; so two halves give the whole batch's gradient."""
+    trainer = make_trainer(tmp_path, "asympo", asympo_rescale="batch_mean")
+    model = trainer.model
+    model.train()
+    batch = fixed_batch()
+    stats = trainer._batch_stats(batch, ("mean_nll",))  # [B, 1]
+    with torch.no_grad():
+        logp = reference_logp(model, batch)
+    mask = batch["completion_mask"].float()
+    whole_mean = (-(logp * mask).sum(-1) / mask.sum(-1)).mean()
+    assert stats.shape == (6, 1)
+    torch.testing.assert_close(stats[:, 0].float(), whole_mean.expand(6), rtol=1e-5, atol=1e-6)
+
+    batch["asympo_batch_stats"] = stats
+    trainer.current_gradient_accumulation_steps = 2
+    params = [p for p in model.parameters() if p.requires_grad]
+    halves = [{k: v[sl] if v.dim() else v for k, v in batch.items()} for sl in (slice(0, 3), slice(3, 6))]
+    grads = torch.autograd.grad(sum(trainer.compute_loss(model, h) for h in halves), params)
+    logp = reference_logp(model, batch)
+    ref = sum(
+        policy_loss(
+            "asympo",
+            logp[sl],
+            mask[sl],
+            batch["advantages"][sl],
+            rescale="batch_mean",
+            ctx=LossContext(mean_nll=float(whole_mean)),
+        )[0]
+        / 2
+        for sl in (slice(0, 3), slice(3, 6))
+    )
+    ref_whole = policy_loss("asympo", logp, mask, batch["advantages"], rescale="batch_mean")[0]
+    for g, rg, wg in zip(
+        grads, torch.autograd.grad(ref, params, retain_graph=True), torch.autograd.grad(ref_whole, params)
+    ):
+        torch.testing.assert_close(g, rg, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(g, wg, rtol=1e-4, atol=1e-6)  # halves of equal size: the whole batch's
 
 
 def test_kl_and_entropy_terms_match_policy_loss(tmp_path):

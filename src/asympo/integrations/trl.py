@@ -14,6 +14,13 @@ trainer uses; TRL's own loss types (`"dapo"`, `"grpo"`, ...) still work and run 
 The objectives read no behavior log-probs, so the TRL features built on them are refused for
 `asympo`/`spo` with a clear error (vLLM importance-sampling correction, the off-policy sequence mask,
 the bias-corrected KL) instead of being silently ignored.
+
+Batch statistics an objective declares (asympo's `asympo_rescale="batch_mean"` needs the batch mean of
+the per-completion NLL) are computed once per *generation batch*, over all processes, with the policy that
+generated it (one no-grad forward pass), and travel with the batch's rows (`asympo_batch_stats`), so every
+micro-batch uses the same whole-batch value. With TRL's default `steps_per_generation ==
+gradient_accumulation_steps` the generation batch is exactly one optimiser step's batch, as in asympo's
+own learner.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from typing import Any
 import torch
 
 from asympo.integrations import require
-from asympo.objectives import AGG_MODES, policy_loss
+from asympo.objectives import AGG_MODES, LossContext, context_totals, get_objective, policy_loss
 
 require("trl", extra="trl", minimum="1.16", below="1.17", module="asympo.integrations.trl")
 
@@ -63,7 +70,7 @@ class ASymPOConfig(GRPOConfig):
         default="none",
         metadata={
             "help": "asympo: 'none' (the paper's form) or 'batch_mean' (every term times sg(mean_j l_j) over "
-            "the micro-batch: same balance, naive's step size)."
+            "the whole generation batch: same balance, naive's step size)."
         },
     )
     spo_neg_scale: float = field(
@@ -164,9 +171,36 @@ class ASymPOTrainer(GRPOTrainer):
         num_iterations = self.num_iterations
         self.num_iterations = Fraction(self.args.gradient_accumulation_steps, self.args.steps_per_generation)
         try:
-            return super()._generate_and_score_completions(inputs)
+            output = super()._generate_and_score_completions(inputs)
         finally:
             self.num_iterations = num_iterations
+        stats = self._batch_stat_names()
+        if stats:
+            output[_STATS_KEY] = self._batch_stats(output, stats)
+        return output
+
+    def _batch_stat_names(self) -> tuple[str, ...]:
+        return get_objective(self.loss_type).batch_stats(self._objective_hparams())
+
+    def _batch_stats(self, output: dict, stats: tuple[str, ...]) -> torch.Tensor:
+        """The declared statistics of the whole generation batch (all processes), one copy per row  # [B, K]."""
+        completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
+        mask = completion_mask if "tool_mask" not in output else completion_mask * output["tool_mask"]
+        with torch.no_grad():
+            logp, _, _ = self._get_per_token_logps_and_entropies(
+                self.model,
+                torch.cat([output["prompt_ids"], completion_ids], dim=1),
+                torch.cat([output["prompt_mask"], completion_mask], dim=1),
+                completion_ids.size(1),
+                batch_size=self.args.per_device_train_batch_size,
+                **{k: output[k] for k in _MULTIMODAL_KEYS if k in output},
+            )
+        totals = context_totals(mask.to(logp.dtype), logp, stats).to(logp.device)
+        totals = self.accelerator.reduce(totals, reduction="sum")  # every process's completions
+        ctx = LossContext.from_totals(totals.cpu(), stats)
+        row = torch.tensor([getattr(ctx, name) for name in stats], dtype=torch.float64, device=logp.device)
+        # One row per completion, so TRL's shuffling and splitting of the batch carry it to every micro-batch.
+        return row.expand(completion_ids.size(0), -1).clone()
 
     def _compute_loss(self, model, inputs):
         if self.loss_type not in LOSS_TYPES:
@@ -196,6 +230,9 @@ class ASymPOTrainer(GRPOTrainer):
                 f"loss_type={self.loss_type!r} needs one advantage per completion ([B]), got shape {list(adv.shape)}"
             )
 
+        ctx = None
+        if _STATS_KEY in inputs:
+            ctx = LossContext(**dict(zip(self._batch_stat_names(), inputs[_STATS_KEY][0].tolist())))
         loss, metrics = policy_loss(
             self.loss_type,
             logp,
@@ -206,6 +243,7 @@ class ASymPOTrainer(GRPOTrainer):
             kl_coef=self.beta,
             entropy=entropy,
             entropy_coef=self.entropy_coef,
+            ctx=ctx,
             **self._objective_hparams(),
         )
         mode = "train" if self.model.training else "eval"
@@ -227,6 +265,9 @@ class ASymPOTrainer(GRPOTrainer):
         for key, value in zip(keys, world.nanmean(0).tolist()):
             self._metrics[mode][key].append(value)
 
+
+# The key under which a generation batch carries its batch statistics (one row per completion).
+_STATS_KEY = "asympo_batch_stats"
 
 # Optional inputs of GRPOTrainer._get_per_token_logps_and_entropies (vision-language models).
 _MULTIMODAL_KEYS = (

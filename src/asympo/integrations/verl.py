@@ -25,7 +25,15 @@ from typing import Any
 import torch
 
 from asympo.integrations import require
-from asympo.objectives import get_objective, mean_token_nll
+from asympo.objectives import (
+    LossContext,
+    ResponseTerms,
+    context_totals,
+    get_objective,
+    mean_token_nll,
+    metric_prefix,
+    response_metrics,
+)
 
 require("verl", extra="verl", minimum="0.9", below="0.10", module="asympo.integrations.verl")
 
@@ -60,7 +68,8 @@ class ASymPOPolicyLossConfig(PolicyLossConfig):
     eps: float = 1e-6
     """asympo: floor of the detached mean token NLL that divides each response's term; > 0."""
     rescale: str = "none"
-    """asympo: "none" (the paper's form) or "batch_mean" (every term times sg(mean_j l_j) over the micro-batch)."""
+    """asympo: "none" (the paper's form) or "batch_mean" (every term times sg(mean_j l_j); in verl over the
+    micro-batch, as verl gives a policy loss no hook before it splits the batch)."""
 
     def __post_init__(self):
         if not self.neg_scale >= 0:
@@ -123,7 +132,15 @@ def _loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     mask = response_mask.to(log_prob.dtype)  # verl passes a bool mask
     adv = response_advantages(advantages.to(log_prob.dtype), mask)  # [B]
-    loss_tok, obj_metrics = get_objective(name).fn(log_prob, mask, adv, None, **_hparams(name, config))
+    objective, hparams = get_objective(name), _hparams(name, config)
+    # verl hands the loss one micro-batch and no hook before the batch is split, so the statistics an
+    # objective declares (asympo's batch_mean) are this micro-batch's; the counts are verl's own
+    # (global_batch_info, used by agg_loss below).
+    stats = objective.batch_stats(hparams)
+    ctx = LossContext.from_totals(context_totals(mask, log_prob, stats), stats)
+    kwargs = {"ctx": ctx} if objective.takes_ctx else {}
+    loss_tok, obj_metrics = objective.fn(log_prob, mask, adv, None, **kwargs, **hparams)
+    weight = obj_metrics.pop("weight", None)
     if rollout_is_weights is not None:
         # verl's convention for every policy loss; only present when the user enabled rollout correction.
         loss_tok = loss_tok * rollout_is_weights
@@ -131,23 +148,28 @@ def _loss(
     loss = agg_loss(loss_tok, response_mask, loss_agg_mode, **global_batch_info)
 
     with torch.no_grad():
-        nll = mean_token_nll(log_prob, mask)  # [B]
-        has_tokens = mask.sum(-1) > 0
-        pos, neg = (adv > 0) & has_tokens, (adv < 0) & has_tokens
-        nll_pos = nll[pos].mean().item() if pos.any() else float("nan")
-        nll_neg = nll[neg].mean().item() if neg.any() else float("nan")
-        # Every micro-batch reports the same keys: verl's dp aggregation needs equal-length metric lists.
-        metrics = {
-            "actor/nll/pos": nll_pos,
-            "actor/nll/neg": nll_neg,
-            "actor/nll/ratio": nll_neg / nll_pos if nll_pos > 0 else float("nan"),
-        }
+        zeros = torch.zeros_like(adv)
+        terms = ResponseTerms(
+            adv=adv,
+            nll=mean_token_nll(log_prob.detach(), mask),
+            n_tokens=mask.sum(-1),
+            policy=zeros,  # the loss shares depend on verl's aggregation; verl logs actor/pg_loss itself
+            total=zeros,
+            weight=None if weight is None else weight.detach(),
+        )
+        # The same diagnostics as asympo's learner (nll/len/weights by sign of A); every micro-batch reports
+        # the same keys, as verl's dp aggregation needs equal-length metric lists.
+        shared = response_metrics(terms, metric_prefix(name))
+        metrics = {f"actor/{k}": v for k, v in shared.items() if k not in _LOSS_KEYS}
         if old_log_prob is not None:
             # verl's usual k1 estimate of KL(old || current); in bypass mode "old" is the sampler.
             kl = ((old_log_prob - log_prob) * mask).sum() / mask.sum().clamp(min=1)
             metrics["actor/ppo_kl"] = kl.item()
     metrics.update({f"actor/{k}": v for k, v in obj_metrics.items()})
     return loss, metrics
+
+
+_LOSS_KEYS = ("loss/pos", "loss/neg", "loss/policy", "loss/total")
 
 
 def _policy_loss(name: str, doc: str):
