@@ -7,6 +7,7 @@ line `asympo: error: ...` with exit status 2, before any model is loaded or proc
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shutil
@@ -17,6 +18,15 @@ from pathlib import Path
 from asympo import __version__
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError)
+DISK_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.EISDIR,
+}
 
 
 class UserError(Exception):
@@ -456,6 +466,17 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"asympo: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS or e.filename is None:
+            raise
+        # Disk full, read-only or unwritable output: say which file, not a traceback. Checkpoints are
+        # written to a temporary directory and renamed, so the last complete one is still intact.
+        print(
+            f"asympo: error: cannot write {e.filename}: {e.strerror} "
+            "(free disk space or choose a writable --out; the last complete checkpoint is intact)",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print("asympo: interrupted", file=sys.stderr)
         return 130

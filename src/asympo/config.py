@@ -309,11 +309,11 @@ def _suggestion(prefix: str, key: str, siblings: list[str]) -> str:
     close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6)
     if close:
         return f" (did you mean {prefix}{close[0]}?)"
-    everywhere = [k for k, _, _ in describe()]
     # A field given in the wrong section (`lr` at the top level) is found by its last component.
-    same_name = [k for k in everywhere if k.rsplit(".", 1)[-1] == key]
-    close = same_name or difflib.get_close_matches(prefix + key, everywhere, n=1, cutoff=0.75)
-    return f" (did you mean {close[0]}?)" if close else ""
+    everywhere = [k for k, _, _ in describe()]
+    by_name = {k.rsplit(".", 1)[-1]: k for k in reversed(everywhere)}
+    close = difflib.get_close_matches(key, list(by_name), n=1, cutoff=0.8)
+    return f" (did you mean {by_name[close[0]]}?)" if close else ""
 
 
 def _short_repr(value) -> str:

@@ -102,6 +102,20 @@ def check_device(device: str, fix: str = "--set model.device=cpu") -> None:
         raise ValueError(f"model.device={device!r} but MPS is not available; use {fix}")
 
 
+def check_writable(out: Path) -> None:
+    """Create the run directory and write a probe file in it, so that an unwritable --out (or a file in
+    its way) is an OSError naming the path before any work starts, not after the first hour."""
+    out.mkdir(parents=True, exist_ok=True)
+    probe = out / f".write-test-{os.getpid()}"
+    try:
+        with open(probe, "w") as f:
+            f.write("ok")
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        probe.unlink(missing_ok=True)
+
+
 def validate(cfg: TrainConfig) -> None:
     """Checks that need no model: the reward and the task resolve (before any work starts)."""
     from asympo.rewards import get_reward
@@ -326,7 +340,7 @@ def train(
         raise FileExistsError(
             f"{out} already holds a run (metrics.jsonl); pass --resume to continue it or choose another --out"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)
 
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)

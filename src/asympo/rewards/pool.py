@@ -91,6 +91,10 @@ class RewardPoolConfig:
 
 OK, TIMEOUT, ERROR = "ok", "timeout", "error"
 
+# Bytes of calls that may wait in a busy worker's pipe: well under Linux's 64 KiB pipe buffer, so that
+# sending to a worker that is not reading never blocks (an idle worker reads as we send, any size).
+_PIPE_BUDGET_BYTES = 32 * 1024
+
 
 @dataclass
 class RewardBatch:
@@ -192,6 +196,7 @@ class _Worker:
         self.started_at = time.monotonic()
         self.ready = False
         self.inflight: deque[int] = deque()
+        self.sizes: dict[int, int] = {}  # task id → bytes sent, for the calls in `inflight`
         self.head_since = 0.0  # when the worker became free to start inflight[0]
 
     def kill(self) -> None:
@@ -384,6 +389,7 @@ class RewardPool:
                 finish(worker.inflight.popleft(), state, why)
                 pending.extendleft(reversed(worker.inflight))
                 worker.inflight.clear()
+                worker.sizes.clear()
             self._replace(index)
 
         while remaining or (until_ready and not all(w.ready for w in self._workers)):
@@ -396,9 +402,18 @@ class RewardPool:
                     if not pending or len(worker.inflight) >= cfg.max_inflight_per_worker:
                         open_workers.remove(worker)
                         continue
-                    i = pending.popleft()
+                    i = pending[0]
+                    payload = pickle.dumps((i, completions[i], references[i]))
+                    # A send blocks once the pipe is full, and a busy worker reads only after its call:
+                    # a long completion queued behind a hanging call would block this thread past every
+                    # deadline. So calls are queued behind others only while they fit in the pipe.
+                    queued = sum(worker.sizes.values())
+                    if worker.inflight and queued + len(payload) > _PIPE_BUDGET_BYTES:
+                        open_workers.remove(worker)
+                        continue
+                    pending.popleft()
                     try:
-                        worker.conn.send((i, completions[i], references[i]))
+                        worker.conn.send_bytes(payload)
                     except (OSError, ValueError):  # died since the last check: the sentinel will tell
                         pending.appendleft(i)
                         open_workers.remove(worker)
@@ -406,6 +421,7 @@ class RewardPool:
                     if not worker.inflight:
                         worker.head_since = now
                     worker.inflight.append(i)
+                    worker.sizes[i] = len(payload)
 
             deadlines = [
                 w.head_since + cfg.timeout_s if w.ready else w.started_at + cfg.startup_timeout_s
@@ -433,6 +449,7 @@ class RewardPool:
                             if not worker.inflight or worker.inflight[0] != task_id:
                                 raise RuntimeError(f"reward worker answered task {task_id} out of order")
                             worker.inflight.popleft()
+                            worker.sizes.pop(task_id, None)
                             worker.head_since = time.monotonic()
                             finish(task_id, state, value)
                 except (EOFError, OSError):
