@@ -52,6 +52,11 @@ class RewardPoolConfig:
     max_inflight_per_worker: int = 2
     """Calls sent to a worker before its first result is back, so that it never idles waiting for the
     caller. Calls queued behind one that hangs wait for its timeout, so keep this small."""
+    batch_timeout_s: float | None = 60.0
+    """Seconds one `score`/`score_batch` call may take in all. Each call is bounded by `timeout_s`, but
+    calls queue behind each other and every timeout costs a worker restart, so hundreds of adversarial
+    completions (exponent towers, nested fractions) could otherwise hold a training step for many
+    minutes. Calls not finished by this deadline grade 0.0 as timeouts. None: no batch deadline."""
     memory_limit_mb: int | None = 4096
     """Address-space limit per worker (RLIMIT_AS); a grader that blows up sympy gets a MemoryError
     (graded 0.0, counted as an error) instead of swapping the machine. None: no limit."""
@@ -73,6 +78,14 @@ class RewardPoolConfig:
             raise ValueError(f"start_method must be one of {_START_METHODS}, got {self.start_method!r}")
         if not (isinstance(self.startup_timeout_s, int | float) and self.startup_timeout_s > 0):
             raise ValueError(f"startup_timeout_s must be a number > 0, got {self.startup_timeout_s!r}")
+        if self.batch_timeout_s is not None and not (
+            isinstance(self.batch_timeout_s, int | float)
+            and math.isfinite(self.batch_timeout_s)
+            and self.batch_timeout_s > 0
+        ):
+            raise ValueError(
+                f"batch_timeout_s must be None or a finite number > 0, got {self.batch_timeout_s!r}"
+            )
         if not isinstance(self.max_inflight_per_worker, int) or self.max_inflight_per_worker < 1:
             raise ValueError(
                 f"max_inflight_per_worker must be an int >= 1, got {self.max_inflight_per_worker!r}"
@@ -372,6 +385,8 @@ class RewardPool:
         cfg = self.config
         pending: deque[int] = deque(range(len(completions)))
         remaining = len(completions)
+        # Counted from when a worker is ready: starting the pool is not grading time.
+        batch_deadline = math.inf
 
         def finish(i: int, state: str, value: float | str) -> None:
             nonlocal remaining
@@ -394,6 +409,9 @@ class RewardPool:
 
         while remaining or (until_ready and not all(w.ready for w in self._workers)):
             now = time.monotonic()
+            if batch_deadline == math.inf and cfg.batch_timeout_s is not None and not until_ready:
+                if any(w.ready for w in self._workers):
+                    batch_deadline = now + cfg.batch_timeout_s
             # Round robin, one call per worker per round, so that a batch smaller than the pipes'
             # capacity still spreads over all workers.
             open_workers = [w for w in self._workers if w.ready]
@@ -428,6 +446,8 @@ class RewardPool:
                 for w in self._workers
                 if w.inflight or not w.ready
             ]
+            if remaining and batch_deadline < math.inf:
+                deadlines.append(batch_deadline)
             wait_s = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
             handles = [w.conn for w in self._workers] + [w.proc.sentinel for w in self._workers]
             multiprocessing.connection.wait(handles, timeout=wait_s)
@@ -465,3 +485,15 @@ class RewardPool:
                     self._start_failed(index, f"not ready after {cfg.startup_timeout_s} s")
                 elif worker.inflight and now >= worker.head_since + cfg.timeout_s:
                     fail_worker(index, TIMEOUT, f"grader exceeded the {cfg.timeout_s} s timeout")
+
+            if remaining and time.monotonic() >= batch_deadline:
+                why = f"the batch exceeded batch_timeout_s={cfg.batch_timeout_s} s before this call finished"
+                for index, worker in enumerate(self._workers):
+                    if worker.inflight:
+                        for i in worker.inflight:
+                            finish(i, TIMEOUT, why)
+                        worker.inflight.clear()
+                        worker.sizes.clear()
+                        self._replace(index)  # its queued calls must not answer into the next batch
+                while pending:
+                    finish(pending.popleft(), TIMEOUT, why)
