@@ -33,6 +33,17 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask would race with other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` so that readers see the old file or the new one, never a torn one."""
     path = Path(path)
@@ -114,6 +125,8 @@ def save_checkpoint(
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
+        # safetensors writes 0600 files; a checkpoint gets the user's normal mode like every other output.
+        os.chmod(f, 0o666 & ~_umask())
     fsync_dir(tmp)
     if final.exists():  # a re-run of the same step after a resume: replace it
         shutil.rmtree(final)

@@ -133,7 +133,7 @@ class TorchEngine:
         **kwargs: Any,
     ) -> TorchEngine:
         """Load model and tokenizer saved in HF format (a local directory or a hub id), running a hub
-        model's own code only with `trust_remote_code=True`. Extra keyword arguments go to `__init__`."""
+        model's own code only if trust_remote_code is set. Extra keyword arguments go to `__init__`."""
         from transformers import AutoModelForCausalLM
 
         from asympo.models.tokenizer import load_tokenizer
