@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import secrets
 from pathlib import Path
 from typing import Protocol
+
+from asympo.checkpoint import atomic_write_text
 
 # backend → (module that must be importable, pip extra)
 BACKEND_PACKAGES = {
@@ -95,14 +98,20 @@ class WandbLogger:
     def __init__(self, out: Path, project: str, run_name: str, config: dict, resume: bool):
         import wandb
 
-        self._wandb = wandb
+        # The W&B run id is kept in the run directory, so `--resume` continues the same W&B run (and two
+        # runs whose directories share a name do not).
+        id_file = Path(out) / "wandb_run_id.txt"
+        if resume and id_file.exists():
+            run_id = id_file.read_text().strip()
+        else:
+            run_id = secrets.token_hex(4)  # W&B ids: short, lowercase alphanumeric
+            atomic_write_text(id_file, run_id + "\n")
         self._run = wandb.init(
             project=project,
             name=run_name,
             dir=str(out),
             config=config,
-            # The run id is the run directory's name, so `--resume` continues the same W&B run.
-            id=_safe_id(run_name),
+            id=run_id,
             resume="allow" if resume else None,
         )
         self._run.define_metric("eval/step")
@@ -146,10 +155,6 @@ class TrackioLogger:
 
     def close(self) -> None:
         self._run.finish()
-
-
-def _safe_id(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:64] or "asympo"
 
 
 def make_loggers(cfg, out: Path, *, resume: bool = False) -> list[Logger]:
