@@ -257,6 +257,7 @@ class HeldOutEval:
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asympo-eval")
         self._pending = None  # (step, t0, Future) of the background evaluation in flight
+        self._timeouts = self._errors = 0  # grading outcomes of the evaluation running now
 
     def _score(self, completions: list[str], references: list[str]) -> list[float]:
         batch = self.pool.score_batch(completions, references)
