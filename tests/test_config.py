@@ -92,3 +92,124 @@ def test_unusable_device_is_a_clear_error(monkeypatch):
     check_device("cuda:0")
     with pytest.raises(ValueError, match="only 1 CUDA device"):
         check_device("cuda:1")
+
+
+# ---------------------------------------------------------------------------------------------- types
+
+
+def _config_fields(cls=TrainConfig, prefix: str = ""):
+    """(key, type hint) of every field of every config dataclass, sections included."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        yield prefix + f.name, hints[f.name]
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _config_fields(hints[f.name], f"{prefix}{f.name}.")
+
+
+def _accepts_text(hint) -> bool:
+    import types
+    import typing
+
+    if hint is str:
+        return True
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and str in typing.get_args(hint)
+
+
+def _nested(key: str, value) -> dict:
+    d = value
+    for part in reversed(key.split(".")):
+        d = {part: d}
+    return d
+
+
+FIELDS = dict(_config_fields())
+
+
+@pytest.mark.parametrize("key", sorted(FIELDS))
+def test_every_field_rejects_a_wrong_type_naming_the_field(key):
+    """A value of the wrong type is a ValueError `key must be <type>, got <value>` for every field, including
+    fields added later (the check is generic over the type hints)."""
+    wrong = 12.5 if _accepts_text(FIELDS[key]) else "fast"
+    with pytest.raises(ValueError) as info:
+        TrainConfig.from_dict(_nested(key, wrong))
+    assert str(info.value).startswith(f"{key} must be "), str(info.value)
+    assert str(info.value).endswith(f"got {wrong!r}")
+
+
+def test_wrong_type_messages():
+    cases = {
+        '{"learner": {"lr": "fast"}}': "learner.lr must be a number (float), got 'fast'",
+        '{"steps": true}': "steps must be an integer (int), got True",
+        '{"steps": 2.5}': "steps must be an integer (int), got 2.5",
+        '{"report": "yes"}': "report must be true or false (bool), got 'yes'",
+        '{"buffer": {"fixed_delay": "4"}}': "buffer.fixed_delay must be an integer (int) or null, got '4'",
+        '{"learner": {"adam_betas": [0.9]}}': "learner.adam_betas must be a list of 2 values (float, float)",
+        '{"logging": {"backends": "tensorboard"}}': "logging.backends must be a list of a string (str)",
+        '{"logging": {"backends": [1]}}': "logging.backends[0] must be a string (str), got 1",
+        '{"rollout": 3}': "rollout must be a mapping of RolloutConfig fields, got 3",
+    }
+    for text, message in cases.items():
+        with pytest.raises(ValueError) as info:
+            TrainConfig.from_dict(json.loads(text))
+        assert str(info.value).startswith(message), (text, str(info.value))
+
+
+def test_right_types_are_converted():
+    cfg = TrainConfig.from_dict(
+        {"steps": 1e3, "learner": {"lr": 1, "adam_betas": [0.9, 0.95]}, "ray": {"address": None}}
+    )
+    assert cfg.steps == 1000 and isinstance(cfg.steps, int)
+    assert cfg.learner.lr == 1.0 and isinstance(cfg.learner.lr, float)
+    assert cfg.learner.adam_betas == (0.9, 0.95)
+
+
+def test_text_fields_keep_number_like_overrides_as_text():
+    d = apply_overrides(preset_dict("demo"), ["out=2024", "learner.lr=1e-3", "ray.address=auto"])
+    cfg = TrainConfig.from_dict(d)
+    assert cfg.out == "2024" and cfg.learner.lr == 1e-3 and cfg.ray.address == "auto"
+
+
+@pytest.mark.parametrize(
+    "d,message",
+    [
+        ({"learner": {"lrr": 1e-3}}, "unknown config key(s) learner.lrr (did you mean learner.lr?)"),
+        ({"lr": 1e-3}, "unknown config key(s) lr (did you mean learner.lr?)"),
+        ({"reprt": False}, "unknown config key(s) reprt (did you mean report?)"),
+        ({"rollout": {"groupsize": 4}}, "rollout.groupsize (did you mean rollout.group_size?)"),
+        ({"zzzz": 1}, "unknown config key(s) zzzz; valid keys: out, steps"),
+    ],
+)
+def test_unknown_keys_suggest_a_close_match(d, message):
+    with pytest.raises(ValueError) as info:
+        TrainConfig.from_dict(d)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("rollout.top_p=0", "rollout.top_p must be in (0, 1]"),
+        ("rollout.top_p=1.5", "rollout.top_p must be in (0, 1]"),
+        ("rollout.reward_workers=-1", "rollout.reward_workers must be >= 0"),
+        ("rollout.reward_timeout_s=0", "rollout.reward_timeout_s must be a finite number > 0"),
+        ("rollout.temperature=1e999", "rollout.temperature must be > 0"),
+        ("eval.temperature=-1", "eval.temperature must be >= 0"),
+        ("eval.n=0", "eval.n must be an int >= 1"),
+        ("checkpoint_every=-5", "checkpoint_every must be >= 0"),
+        ("keep_checkpoints=-1", "keep_checkpoints must be >= 0"),
+        ("steps=0", "steps must be an int >= 1"),
+        ("out=", "out must name a run directory"),
+        ("task.name=", "task.name must not be empty"),
+        ("buffer.max_staleness=-1", "buffer.max_staleness must be an int >= 0"),
+        ("learner.kl_coef=-0.1", "learner.kl_coef must be >= 0"),
+        ('logging.backends=["jsonl", "mlflow"]', "logging.backends: unknown backend(s) 'mlflow'"),
+        ('logging.backends=["jsonl", "jsonl"]', "logging.backends lists a backend twice"),
+    ],
+)
+def test_out_of_range_values_name_the_field(override, message):
+    with pytest.raises(ValueError) as info:
+        TrainConfig.from_dict(apply_overrides(preset_dict("demo"), [override]))
+    assert message in str(info.value)

@@ -25,6 +25,8 @@ def misbehaving_reward(completion: str, reference: str) -> float:
     """Exact match, except for completions that ask the grader to misbehave."""
     if completion == "sleep":
         time.sleep(60)
+    elif completion == "sleep-long":
+        time.sleep(3600)
     elif completion == "crash":
         os._exit(3)
     elif completion == "segfault":
@@ -243,8 +245,75 @@ def test_get_reward_registry():
         ({"memory_limit_mb": 10}, "memory_limit_mb"),
         ({"preload": ["x"]}, "preload"),
         ({"max_start_failures": 0}, "max_start_failures"),
+        ({"batch_timeout_s": 0}, "batch_timeout_s"),
+        ({"batch_timeout_s": math.nan}, "batch_timeout_s"),
     ],
 )
 def test_config_validation_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         RewardPoolConfig(**kwargs)
+
+
+def test_a_long_completion_behind_a_hanging_call_does_not_block_the_caller(pool):
+    """A send into a full pipe blocks until the worker reads, and a worker reads only between calls: a
+    1 MB completion queued behind a call that hangs for an hour used to stall `score` past every deadline."""
+    pool.wait_ready()
+    long = "1" * 1_000_000
+    start = time.monotonic()
+    batch = pool.score_batch(["sleep-long", "sleep-long", long, long, "2"], ["1", "1", long, "0", "2"])
+    assert time.monotonic() - start < 600  # a stall lasts the 3600 s sleep; the bound is generous
+    assert batch.status == ["timeout", "timeout", "ok", "ok", "ok"]
+    assert batch.rewards == [0.0, 0.0, 1.0, 0.0, 1.0]
+
+
+def test_the_batch_deadline_bounds_a_batch_of_hanging_calls():
+    """Each call has `timeout_s`, but 40 hanging calls on 2 workers would queue for 20 timeouts and as many
+    worker restarts; `batch_timeout_s` ends the batch, the calls not done graded 0.0 as timeouts."""
+    config = RewardPoolConfig(
+        num_workers=2, timeout_s=1.0, batch_timeout_s=3.0, preload=(), memory_limit_mb=1024
+    )
+    with RewardPool(misbehaving_reward, config) as pool:
+        pool.wait_ready()
+        batch = pool.score_batch(["4", "5"] + ["sleep-long"] * 40, ["4", "5"] + ["1"] * 40)
+        assert batch.rewards[:2] == [1.0, 1.0] and batch.status[:2] == ["ok", "ok"]
+        assert batch.status[2:] == ["timeout"] * 40
+        assert any("batch_timeout_s=3.0" in m for m in batch.messages.values())
+        # Generous against the 40 x (1 s + a restart) the batch took without the deadline.
+        assert batch.seconds < 30
+        assert pool.score(["6"], ["6"]) == [1.0]  # nothing of the cut batch answers into the next one
+
+
+def adversarial_completions(n: int) -> list[str]:
+    """Completions built to make a math verifier slow: exponent towers, huge numbers, nested braces and
+    fractions, LaTeX bombs, very long strings."""
+    kinds = [
+        lambda i: "\\boxed{" + "9" * (10 + i * 37 % 900) + "}",
+        lambda i: "\\boxed{" + "{" * 500 + "1" + "}" * 500 + "}",
+        lambda i: "\\boxed{10^{10^{10^{10}}}}",
+        lambda i: "\\boxed{" + "\\frac{1}{" * 60 + "2" + "}" * 60 + "}",
+        lambda i: "the answer is " + "x" * 100_000,
+        lambda i: "#### " + "(" * 400 + "1" + ")" * 400,
+        lambda i: "\\boxed{9^{9^{9^{9^{9}}}}!}",
+        lambda i: "\\boxed{\\sqrt{" * 200 + "2" + "}}" * 200,
+        lambda i: "\\boxed{" + "+".join(f"x^{{{k}}}" for k in range(150)) + "}",
+        lambda i: "\\boxed{1e99999999}",
+        lambda i: "\\boxed{" + "\\left(" * 100 + "1" + "\\right)" * 100 + "}",
+        lambda i: "a" * 1_000_000,
+    ]
+    return [kinds[i % len(kinds)](i) for i in range(n)]
+
+
+@pytest.mark.slow
+def test_math_verifier_under_adversarial_load():
+    """300 adversarial completions through the real math reward: the batch ends within its deadline plus a
+    small constant (without it this batch took ~600 s on a loaded 2-core machine: 119 timeouts, each
+    followed by a worker restart), the honest answers graded before the bombs still score 1.0."""
+    config = RewardPoolConfig(num_workers=2, timeout_s=1.0, batch_timeout_s=10.0)
+    completions = ["\\boxed{42}", "The answer is 42.", *adversarial_completions(300)]
+    with RewardPool("math", config) as pool:
+        pool.wait_ready()
+        batch = pool.score_batch(completions, ["42"] * len(completions))
+    assert batch.rewards[:2] == [1.0, 1.0]
+    assert batch.rewards[2:] == [0.0] * 300
+    assert set(batch.status) <= {"ok", "timeout", "error"}
+    assert batch.seconds < config.batch_timeout_s + 30

@@ -27,6 +27,17 @@ from asympo.files import atomic_write_text, fsync_dir  # atomic_write_text: re-e
 STEP_PREFIX = "step_"
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask would race with other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     tensors, meta = {}, {"param_groups": state["param_groups"], "state": {}}
     for idx, st in state["state"].items():
@@ -96,6 +107,8 @@ def save_checkpoint(
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
+        # safetensors writes 0600 files; a checkpoint gets the user's normal mode like every other output.
+        os.chmod(f, 0o666 & ~_umask())
     fsync_dir(tmp)
     if final.exists():  # a re-run of the same step after a resume: replace it
         shutil.rmtree(final)

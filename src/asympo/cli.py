@@ -7,6 +7,7 @@ line `asympo: error: ...` with exit status 2, before any model is loaded or proc
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shutil
@@ -17,6 +18,15 @@ from pathlib import Path
 from asympo import __version__
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError)
+DISK_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.EISDIR,
+}
 
 
 class UserError(Exception):
@@ -61,14 +71,19 @@ def _add_run_args(p: argparse.ArgumentParser, *, out_default: str | None) -> Non
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def config_from_args(args: argparse.Namespace, default_preset: str | None = None):
+def config_from_args(args: argparse.Namespace, default_preset: str | None = None, base: dict | None = None):
+    """The TrainConfig of --preset/--config (or `base`, else `default_preset`) with the flags and --set applied."""
     from asympo.config import TrainConfig, apply_overrides, load_config_file
     from asympo.presets import preset_dict
 
     if args.config:
         d = load_config_file(args.config)
-    elif args.preset or default_preset:
-        d = preset_dict(args.preset or default_preset)
+    elif args.preset:
+        d = preset_dict(args.preset)
+    elif base is not None:
+        d = base
+    elif default_preset:
+        d = preset_dict(default_preset)
     else:
         raise UserError("give --preset NAME or --config FILE (asympo train --list-presets shows the presets)")
     sets = list(args.overrides)
@@ -89,6 +104,53 @@ def config_from_args(args: argparse.Namespace, default_preset: str | None = None
     if args.objective is not None and "learner.hparams" not in " ".join(args.overrides):
         sets.insert(0, "learner.hparams={}")  # a preset's hparams belong to the preset's objective
     return TrainConfig.from_dict(apply_overrides(d, sets))
+
+
+# Fields a resumed run may change: they do not alter what the run computes up to the resume point.
+SAFE_ON_RESUME = ("out", "steps", "checkpoint_every", "keep_checkpoints", "report", "eval.*", "logging.*")
+
+
+def _is_safe_on_resume(key: str) -> bool:
+    return any(key == s or (s.endswith(".*") and key.startswith(s[:-1])) for s in SAFE_ON_RESUME)
+
+
+def _leaves(d: dict) -> dict:
+    """{"learner.lr": 1e-4, ...} for every config field of a TrainConfig dict (dict fields compared whole)."""
+    from asympo.config import describe
+
+    out = {}
+    for key, _, _ in describe():
+        node = d
+        for part in key.split("."):
+            node = node[part]
+        out[key] = node
+    return out
+
+
+def resume_config(args: argparse.Namespace):
+    """The config to resume `--out` with: the run's own, plus the flags and --set of safe fields.
+
+    A change to any other field (a different learning rate, objective, model, ...) would silently make
+    the resumed run a different experiment, so it is an error listing the differing fields.
+    """
+    from asympo.config import TrainConfig, load_config_file
+
+    if not args.out:
+        raise UserError("--resume needs --out DIR (the run to continue)")
+    config_path = Path(args.out, "config.json")
+    if not config_path.exists():
+        raise UserError(f"--resume: {args.out} holds no run (no config.json)")
+    run = TrainConfig.from_dict(load_config_file(config_path))
+    asked = config_from_args(args, base=run.to_dict())
+    before, after = _leaves(run.to_dict()), _leaves(asked.to_dict())
+    differ = [k for k in after if before[k] != after[k] and not _is_safe_on_resume(k)]
+    if differ:
+        changes = "; ".join(f"{k}: {before[k]!r} -> {after[k]!r}" for k in differ)
+        raise UserError(
+            f"--resume: the config differs from the run's ({config_path}) in {changes}. A resumed run may "
+            f"change only {', '.join(SAFE_ON_RESUME)}; to change the others start a new run (another --out)"
+        )
+    return asked
 
 
 def _print_config_help() -> None:
@@ -115,21 +177,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.list_presets:
         _print_presets()
         return 0
-    from asympo.config import TrainConfig, load_config_file
-
-    if args.resume:
-        # The run's own config is the truth; the command line may only extend the step count.
-        if not args.out:
-            raise UserError("--resume needs --out DIR (the run to continue)")
-        config_path = Path(args.out, "config.json")
-        if not config_path.exists():
-            raise UserError(f"--resume: {args.out} holds no run (no config.json)")
-        d = load_config_file(config_path)
-        if args.steps is not None:
-            d["steps"] = args.steps
-        cfg = TrainConfig.from_dict(d)
-    else:
-        cfg = config_from_args(args)
+    cfg = resume_config(args) if args.resume else config_from_args(args)
     from asympo.train import train
 
     result = train(cfg, resume=args.resume, progress=not args.no_progress)
@@ -415,6 +463,17 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"asympo: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS or e.filename is None:
+            raise
+        # Disk full, read-only or unwritable output: say which file, not a traceback. Checkpoints are
+        # written to a temporary directory and renamed, so the last complete one is still intact.
+        print(
+            f"asympo: error: cannot write {e.filename}: {e.strerror} "
+            "(free disk space or choose a writable --out; the last complete checkpoint is intact)",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print("asympo: interrupted", file=sys.stderr)
         return 130

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import itertools
 import json
+import math
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +39,9 @@ class ModelConfig:
     (see learner.precision)."""
     device: str = "cpu"
     """Device of the learner (cpu, cuda, cuda:1, ...)."""
+    trust_remote_code: bool = False
+    """Run the Python code a hub model ships (HF `trust_remote_code`). Only for models whose code you
+    have read: it executes with your permissions. Off by default."""
 
     def __post_init__(self):
         if self.dtype not in ("float32", "bfloat16", "float16"):
@@ -66,6 +72,9 @@ class TaskConfig:
     def __post_init__(self):
         if self.template not in ("plain", "chat"):
             raise ValueError(f"task.template must be plain or chat, got {self.template!r}")
+        for name in ("name", "train_split", "eval_split", "reward"):
+            if not getattr(self, name):
+                raise ValueError(f"task.{name} must not be empty")
 
     @property
     def reward_name(self) -> str:
@@ -119,8 +128,16 @@ class RolloutConfig:
                 raise ValueError(f"rollout.{name} must be an int >= 1, got {v!r}")
         if self.group_size < 2:
             raise ValueError("rollout.group_size must be >= 2: group-relative advantages need two responses")
-        if not self.temperature > 0:
+        if not 0 < self.temperature < math.inf:
             raise ValueError(f"rollout.temperature must be > 0 for RL sampling, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"rollout.top_p must be in (0, 1], got {self.top_p}")
+        if self.reward_workers < 0:
+            raise ValueError(f"rollout.reward_workers must be >= 0 (0 = inline), got {self.reward_workers}")
+        if not 0 < self.reward_timeout_s < math.inf:
+            raise ValueError(
+                f"rollout.reward_timeout_s must be a finite number > 0, got {self.reward_timeout_s}"
+            )
 
 
 @dataclass
@@ -142,6 +159,8 @@ class EvalConfig:
                 raise ValueError(f"eval.{name} must be an int >= 0, got {getattr(self, name)!r}")
         if not isinstance(self.n, int) or self.n < 1:
             raise ValueError(f"eval.n must be an int >= 1, got {self.n!r}")
+        if not 0 <= self.temperature < math.inf:
+            raise ValueError(f"eval.temperature must be >= 0 (0 = greedy), got {self.temperature}")
 
 
 @dataclass
@@ -167,6 +186,33 @@ class RayConfig:
 
 
 @dataclass
+class LoggingConfig:
+    """Where metrics go besides metrics.jsonl / eval.jsonl (always written; `asympo report` reads them)."""
+
+    backends: list[str] = field(default_factory=lambda: ["jsonl"])
+    """Any of jsonl, tensorboard (<out>/tensorboard/), wandb (<out>/wandb/; WANDB_MODE=offline works),
+    trackio; each but jsonl is an optional extra: pip install 'asympo[tensorboard]' (or wandb, trackio)."""
+    project: str = "asympo"
+    """Project name for wandb and trackio."""
+    run_name: str | None = None
+    """Run name for wandb and trackio (None: the name of the run directory)."""
+
+    def __post_init__(self):
+        from asympo.loggers import LOGGING_BACKENDS
+
+        unknown = [b for b in self.backends if b not in LOGGING_BACKENDS]
+        if unknown:
+            raise ValueError(
+                f"logging.backends: unknown backend(s) {', '.join(map(repr, unknown))}; "
+                f"valid: {', '.join(LOGGING_BACKENDS)}"
+            )
+        if len(set(self.backends)) != len(self.backends):
+            raise ValueError(f"logging.backends lists a backend twice: {self.backends}")
+        if not self.project:
+            raise ValueError("logging.project must not be empty")
+
+
+@dataclass
 class TrainConfig:
     """A whole training run."""
 
@@ -183,7 +229,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     """Save a checkpoint every this many steps (and at the end); 0 = only at the end."""
     keep_checkpoints: int = 2
-    """Checkpoints kept on disk (the newest)."""
+    """Checkpoints kept on disk (the newest; 0 = keep all)."""
     report: bool = True
     """Write report.html and plots at the end."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -193,6 +239,7 @@ class TrainConfig:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     sft: dict = field(default_factory=dict)
     """Overrides of the embedded model's SFT warm-up (asympo.sft.SFTConfig); used with model.path=embedded."""
 
@@ -203,6 +250,11 @@ class TrainConfig:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
+        if not self.out:
+            raise ValueError("out must name a run directory, got an empty string")
+        for name in ("checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.learner.needs_behavior_logp and self.rollout.engine == "openai":
             raise ValueError(
                 f"objective {self.learner.objective!r} needs behavior log-probs, which the openai engine does not "
@@ -228,6 +280,12 @@ class TrainConfig:
 
 
 def _build(cls, d: dict, prefix: str):
+    """`cls(**d)` with every value checked against the field's type hint first.
+
+    Generic over the dataclass's hints (int, float, bool, str, X | None, dict, list, tuple, Literal and
+    nested dataclasses), so a field added later is covered without code here: a wrong type is a
+    ValueError naming the key and the expected type, never a TypeError from inside `__post_init__`.
+    """
     if not isinstance(d, dict):
         raise ValueError(
             f"config section {prefix.rstrip('.') or 'root'} must be a mapping, got {type(d).__name__}"
@@ -236,23 +294,149 @@ def _build(cls, d: dict, prefix: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - set(fields))
     if unknown:
+        keys = ", ".join(prefix + k + _suggestion(prefix, k, list(fields)) for k in unknown)
         raise ValueError(
-            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"unknown config key(s) {keys}; "
             f"valid keys{' in ' + prefix.rstrip('.') if prefix else ''}: {', '.join(fields)}"
         )
-    kwargs = {}
-    for name, value in d.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
-        elif hint is tuple[float, float] or typing.get_origin(hint) is tuple:
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = value
+    kwargs = {name: check_type(value, hints[name], prefix + name) for name, value in d.items()}
     try:
         return cls(**kwargs)
     except TypeError as e:
         raise ValueError(f"config section {prefix.rstrip('.') or 'root'}: {e}") from e
+
+
+def _suggestion(prefix: str, key: str, siblings: list[str]) -> str:
+    """` (did you mean learner.lr?)` for a mistyped key, searched in its section and then everywhere."""
+    close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {prefix}{close[0]}?)"
+    # A field given in the wrong section (`lr` at the top level) is found by its last component.
+    everywhere = [k for k, _, _ in describe()]
+    by_name = {k.rsplit(".", 1)[-1]: k for k in reversed(everywhere)}
+    close = difflib.get_close_matches(key, list(by_name), n=1, cutoff=0.8)
+    return f" (did you mean {by_name[close[0]]}?)" if close else ""
+
+
+def _short_repr(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def type_description(hint) -> str:
+    """How an error message names the type `hint` accepts: `a number (float)`, `an integer (int) or null`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        parts = [type_description(a) for a in args if a is not type(None)]
+        return " or ".join(parts) + (" or null" if type(None) in args else "")
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if dataclasses.is_dataclass(hint):
+        return f"a mapping of {hint.__name__} fields"
+    simple = {
+        bool: "true or false (bool)",
+        int: "an integer (int)",
+        float: "a number (float)",
+        str: "a string (str)",
+        dict: "a mapping (dict)",
+    }
+    if hint in simple:
+        return simple[hint]
+    if origin is dict:
+        return f"a mapping (dict) of {type_description(args[1])}" if args else "a mapping (dict)"
+    if hint is list or origin is list:
+        return f"a list of {type_description(args[0])}" if args else "a list"
+    if hint is tuple or origin is tuple:
+        if not args or args[-1] is Ellipsis:
+            return f"a list of {type_description(args[0])}" if args else "a list"
+        names = ", ".join(getattr(a, "__name__", str(a)) for a in args)
+        return f"a list of {len(args)} values ({names})"
+    return getattr(hint, "__name__", str(hint))
+
+
+class _WrongType(Exception):
+    pass
+
+
+def check_type(value, hint, key: str):
+    """`value` converted to the field type `hint` (int → float, list → tuple, dict → nested dataclass);
+    ValueError `key must be <type>, got <value>` when it is not of that type."""
+    try:
+        return _convert(value, hint, key)
+    except _WrongType:
+        raise ValueError(f"{key} must be {type_description(hint)}, got {_short_repr(value)}") from None
+
+
+def _convert(value, hint, key: str):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is typing.Any or hint is object:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except _WrongType:
+                pass
+        raise _WrongType
+    if origin is typing.Literal:
+        if value in args and not (isinstance(value, bool) and not any(isinstance(a, bool) for a in args)):
+            return value
+        raise _WrongType
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise _WrongType
+        return _build(hint, value, key + ".")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise _WrongType
+    if hint is int:
+        # bool is an int subclass, but `steps: true` is a mistake; 1e3 from JSON is an integer all the same.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise _WrongType
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise _WrongType
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise _WrongType
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise _WrongType
+        if len(args) == 2:
+            return {
+                check_type(k, args[0], f"{key} key"): check_type(v, args[1], f"{key}[{k!r}]")
+                for k, v in value.items()
+            }
+        return value
+    if hint is list or origin is list:
+        if not isinstance(value, list | tuple):
+            raise _WrongType
+        return [check_type(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if hint is tuple or origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise _WrongType
+        if not args:
+            return tuple(value)
+        if args[-1] is Ellipsis:
+            return tuple(check_type(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise _WrongType
+        return tuple(check_type(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if isinstance(hint, type):
+        if isinstance(value, hint):
+            return value
+        raise _WrongType
+    return value  # a hint this checker does not know (e.g. a Protocol): `__post_init__` validates it
 
 
 def parse_value(text: str):
@@ -278,8 +462,29 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
             if not isinstance(node.get(p), dict):
                 raise ValueError(f"override {item!r}: {p!r} is not a config section")
             node = node[p]
-        node[parts[-1]] = parse_value(raw)
+        value = parse_value(raw)
+        if not isinstance(value, str) and value is not None and _is_text_field(parts):
+            value = raw  # `--set out=2024` names a directory, not the number 2024
+        node[parts[-1]] = value
     return d
+
+
+def _is_text_field(parts: list[str]) -> bool:
+    """Whether the TrainConfig field at `parts` is typed `str` (or `str | None`)."""
+    cls = TrainConfig
+    for i, part in enumerate(parts):
+        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        if part not in hints:
+            return False
+        hint = hints[part]
+        if i < len(parts) - 1:
+            cls = hint
+            continue
+        return hint is str or (
+            typing.get_origin(hint) in (typing.Union, types.UnionType)
+            and set(typing.get_args(hint)) == {str, type(None)}
+        )
+    return False
 
 
 def load_config_file(path: str | Path) -> dict:

@@ -26,6 +26,7 @@ from asympo.data.problem import Problem
 from asympo.engines.base import SamplingParams
 from asympo.evaluate import load_task
 from asympo.learner import Learner, NonFiniteStepsError, master_dtype, resolve_precision
+from asympo.loggers import check_backends, make_loggers
 from asympo.modelpath import check_model_path
 from asympo.runtime.backend import Backend, WorkerSpec
 from asympo.runtime.scheduler import PromptScheduler
@@ -68,11 +69,13 @@ def load_policy(cfg: TrainConfig, model_path: str, ckpt: Path | None):
 
     dtype = master_dtype(resolve_precision(cfg.learner.precision, cfg.model.device))
     model = AutoModelForCausalLM.from_pretrained(
-        str(ckpt or model_path), dtype=dtype, trust_remote_code=False
+        str(ckpt or model_path), dtype=dtype, trust_remote_code=cfg.model.trust_remote_code
     )
     reference = None
     if ckpt is not None and cfg.learner.kl_coef > 0:
-        reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=False)
+        reference = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code
+        )
     return model, reference
 
 
@@ -98,6 +101,20 @@ def check_device(device: str, fix: str = "--set model.device=cpu") -> None:
         raise ValueError(f"model.device={device!r} but MPS is not available; use {fix}")
 
 
+def check_writable(out: Path) -> None:
+    """Create the run directory and write a probe file in it, so that an unwritable --out (or a file in
+    its way) is an OSError naming the path before any work starts, not after the first hour."""
+    out.mkdir(parents=True, exist_ok=True)
+    probe = out / f".write-test-{os.getpid()}"
+    try:
+        with open(probe, "w") as f:
+            f.write("ok")
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        probe.unlink(missing_ok=True)
+
+
 def validate(cfg: TrainConfig) -> None:
     """Checks that need no model: the reward and the task resolve (before any work starts)."""
     from asympo.rewards import get_reward
@@ -111,6 +128,12 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.model.path != "embedded":
         check_model_path(cfg.model.path, "model.path")
     check_device(cfg.model.device)
+    check_backends(cfg.logging.backends)
+    if Path(cfg.task.name).suffix.lower() in (".jsonl", ".parquet"):
+        from asympo.data import load_problems
+
+        # Every line of a data file is checked now, not when the loader reaches it after model loading.
+        load_problems(cfg.task.name, fields=cfg.task.fields or None, template="plain")
     if cfg.task.name not in ("arithmetic", "gsm8k", "math500") and not cfg.task.name.startswith("hf:"):
         if not Path(cfg.task.name).exists():
             raise FileNotFoundError(
@@ -190,21 +213,40 @@ def _truncate_jsonl(path: Path, before_step: int) -> None:
 
 
 class HeldOutEval:
-    """pass@1 on held-out problems with the learner's current weights and the training reward."""
+    """pass@1 on held-out problems with the training reward, off the learner's critical path.
+
+    It generates with its own copy of the policy (in the rollout's dtype, `model.dtype`), loaded from a
+    snapshot of the learner's weights, so it can run in a background thread while the learner trains
+    (`submit`/`poll`/`join`, async mode) or inline (`__call__`, sync mode and the first and last eval).
+    Grading goes through a `RewardPool` with `rollout.reward_timeout_s`: a grader that hangs costs that
+    timeout (the answer grades 0.0 and is counted in `reward/timeouts`), never the run. With
+    `rollout.reward_workers=0` the built-in arithmetic reward is graded inline (exact string match, it
+    cannot hang); any other reward still gets one grader process.
+    """
 
     def __init__(self, cfg: TrainConfig, model, tokenizer, problems: list[Problem]):
+        import copy
+        from concurrent.futures import ThreadPoolExecutor
+
         from asympo.engines.torch import TorchEngine
         from asympo.rewards import get_reward
+        from asympo.rewards.pool import RewardPool, RewardPoolConfig
 
         self.cfg = cfg
         self.problems = problems[: cfg.eval.limit] if cfg.eval.limit else problems
-        self.engine = TorchEngine(model, tokenizer)
-        from asympo.rewards.pool import RewardPool, RewardPoolConfig
-
-        self.reward = get_reward(cfg.task.reward_name)
+        rollout_model = copy.deepcopy(model).to(getattr(torch, cfg.model.dtype))
+        self.engine = TorchEngine(rollout_model, tokenizer)
+        self.engine.model.eval()
+        name = cfg.task.reward_name
+        self.reward = get_reward(name)
+        workers = cfg.rollout.reward_workers or (0 if name == "arithmetic" else 1)
         self.pool = RewardPool(
-            cfg.task.reward_name,
-            RewardPoolConfig(num_workers=cfg.rollout.reward_workers, timeout_s=cfg.rollout.reward_timeout_s),
+            name,
+            RewardPoolConfig(
+                num_workers=workers,
+                timeout_s=cfg.rollout.reward_timeout_s,
+                preload=("asympo.rewards.math:warm_up",) if name == "math" else (),
+            ),
         )
         self.sampling = SamplingParams(
             temperature=cfg.eval.temperature,
@@ -212,18 +254,69 @@ class HeldOutEval:
             max_new_tokens=cfg.rollout.max_new_tokens,
             seed=cfg.seed + 12345,
         )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asympo-eval")
+        self._pending = None  # (step, t0, Future) of the background evaluation in flight
+        self._timeouts = self._errors = 0  # grading outcomes of the evaluation running now
 
-    def __call__(self) -> dict:
+    def _score(self, completions: list[str], references: list[str]) -> list[float]:
+        batch = self.pool.score_batch(completions, references)
+        self._timeouts += batch.timeouts
+        self._errors += batch.errors
+        return batch.rewards
+
+    def _evaluate(self, state: dict | None) -> dict:
         from asympo.evaluate import evaluate
 
-        was_training = self.engine.model.training
-        self.engine.model.eval()
-        try:
-            return evaluate(
-                self.engine, self.problems, self.reward, n=self.cfg.eval.n, sampling=self.sampling
+        if state is not None:
+            self.engine.model.load_state_dict(state)
+        self._timeouts = self._errors = 0
+        with torch.no_grad():
+            res = evaluate(
+                self.engine,
+                self.problems,
+                self.reward,
+                n=self.cfg.eval.n,
+                sampling=self.sampling,
+                scorer=self._score,
             )
-        finally:
-            self.engine.model.train(was_training)
+        return {**res, "reward/timeouts": self._timeouts, "reward/errors": self._errors}
+
+    @staticmethod
+    def snapshot(model) -> dict:
+        """A copy of `model`'s weights that the learner's next step cannot change."""
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def __call__(self, model=None) -> dict:
+        """Evaluate now (the weights of `model`, or those loaded last) and return the result."""
+        self.join_pending()
+        return self._evaluate(self.snapshot(model) if model is not None else None)
+
+    def submit(self, step: int, model) -> list[tuple[int, dict, float]]:
+        """Start evaluating a snapshot of `model` in the background; returns evaluations that finished
+        meanwhile (a previous one still running is waited for: at most one runs at a time)."""
+        done = self.join_pending()
+        state = self.snapshot(model)
+        self._pending = (step, time.monotonic(), self._executor.submit(self._evaluate, state))
+        return done
+
+    def poll(self) -> list[tuple[int, dict, float]]:
+        """(step, result, seconds) of a background evaluation that has finished, without waiting."""
+        if self._pending is not None and self._pending[2].done():
+            return self.join_pending()
+        return []
+
+    def join_pending(self) -> list[tuple[int, dict, float]]:
+        """Wait for the background evaluation in flight, if any; re-raises its error."""
+        if self._pending is None:
+            return []
+        step, t0, future = self._pending
+        self._pending = None
+        result = future.result()
+        return [(step, result, time.monotonic() - t0)]
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.pool.close()
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -247,7 +340,7 @@ def train(
         raise FileExistsError(
             f"{out} already holds a run (metrics.jsonl); pass --resume to continue it or choose another --out"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)
 
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -256,7 +349,7 @@ def train(
         busy = cfg.rollout.num_workers * cfg.rollout.threads
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - busy))
     model_path = resolve_model_path(cfg, progress=progress)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
     model, reference = load_policy(cfg, model_path, ckpt)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train_problems = load_task(cfg.task, cfg.task.train_split, tokenizer)
@@ -284,8 +377,13 @@ def train(
         model_path=model_path,
         sampling=sampling,
         reward=cfg.task.reward_name,
-        # The engine keeps model.dtype; the learner's fp32 master weights are cast as they are loaded.
-        engine_kwargs={"device": cfg.model.device, "dtype": cfg.model.dtype, **cfg.rollout.engine_kwargs}
+        engine_kwargs={
+            "device": cfg.model.device,
+            # The engine keeps model.dtype; the learner's fp32 master weights are cast as they are loaded.
+            "dtype": cfg.model.dtype,
+            **({"trust_remote_code": True} if cfg.model.trust_remote_code else {}),
+            **cfg.rollout.engine_kwargs,
+        }
         if cfg.rollout.engine == "torch"
         else dict(cfg.rollout.engine_kwargs),
         reward_workers=cfg.rollout.reward_workers,
@@ -303,25 +401,40 @@ def train(
             _truncate_jsonl(out / name, start_step)
 
     evaluator = HeldOutEval(cfg, learner.model, tokenizer, eval_problems)
-    learner.model.train()  # the engine wrapper put it in eval mode
+    learner.model.train()
+    loggers = make_loggers(cfg, out, resume=resume)
+    callbacks = [*callbacks, *loggers]
     metrics_log = JsonlWriter(out / "metrics.jsonl")
     eval_log = JsonlWriter(out / "eval.jsonl")
     pass1_before = None
 
-    def run_eval(step: int) -> float:
-        t0 = time.monotonic()
-        res = evaluator()
-        rec = {"step": step, **res, "time": time.monotonic() - t0}
+    def log_eval(step: int, res: dict, seconds: float) -> float:
+        rec = {"step": step, **res, "time": seconds}
         eval_log.write(rec)
         for cb in callbacks:
             cb({"event": "eval", **rec})
         return res["pass@1"]
 
+    def run_eval(step: int) -> float:
+        for done_eval in evaluator.join_pending():
+            log_eval(*done_eval)
+        t0 = time.monotonic()
+        return log_eval(step, evaluator(learner.model), time.monotonic() - t0)
+
     if start_step == 0:
         pass1_before = run_eval(0)
     bar = _Progress(cfg.steps, start_step, enabled=progress)
     last: dict = {}
+
+    def close_outputs() -> None:
+        evaluator.close()  # waits for a background evaluation still running
+        metrics_log.close()
+        eval_log.close()
+        for logger in loggers:
+            logger.close()
+
     backend.start(learner.model.state_dict(), learner.version)
+    failed = True
     try:
         for step in range(start_step, cfg.steps):
             batch = backend.next_batch(learner.version, cfg.rollout.prompts_per_step)
@@ -347,9 +460,16 @@ def train(
             last = m
             for cb in callbacks:
                 cb({"event": "step", **m})
+            for done_eval in evaluator.poll():
+                log_eval(*done_eval)
             done = step + 1
             if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.steps:
-                run_eval(done)
+                if cfg.mode == "async":
+                    # The learner keeps training while a snapshot of these weights is evaluated.
+                    for done_eval in evaluator.submit(done, learner.model):
+                        log_eval(*done_eval)
+                else:
+                    run_eval(done)
             if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps:
                 save_checkpoint(
                     ckpt_root,
@@ -361,13 +481,16 @@ def train(
                     keep=cfg.keep_checkpoints,
                 )
             bar.update(m)
+        failed = False
     finally:
         bar.close()
         backend.close()
-    pass1_after = run_eval(cfg.steps)
-    evaluator.pool.close()
-    metrics_log.close()
-    eval_log.close()
+        if failed:
+            close_outputs()
+    try:
+        pass1_after = run_eval(cfg.steps)
+    finally:
+        close_outputs()
     wall = time.monotonic() - t_start
     summary = {
         "pass1_before": pass1_before,

@@ -116,18 +116,21 @@ class TorchEngine:
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype | None = "float32",
         tokenizer_path: str | os.PathLike | None = None,
+        trust_remote_code: bool = False,
         **kwargs: Any,
     ) -> TorchEngine:
-        """Load model and tokenizer saved in HF format (a local directory or a hub id), never running
-        remote code. Extra keyword arguments go to `TorchEngine.__init__`."""
+        """Load model and tokenizer saved in HF format (a local directory or a hub id), running a hub
+        model's own code only if trust_remote_code is set. Extra keyword arguments go to `__init__`."""
         from transformers import AutoModelForCausalLM
 
         from asympo.models.tokenizer import load_tokenizer
 
         path = check_model_path(path)
-        tokenizer = load_tokenizer(tokenizer_path if tokenizer_path else path)
+        tokenizer = load_tokenizer(
+            tokenizer_path if tokenizer_path else path, trust_remote_code=trust_remote_code
+        )
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=_resolve_dtype(dtype), trust_remote_code=False
+            path, dtype=_resolve_dtype(dtype), trust_remote_code=trust_remote_code
         )
         return cls(model.to(device), tokenizer, **kwargs)
 

@@ -57,8 +57,8 @@ def build_char_tokenizer() -> PreTrainedTokenizerFast:
 _GENERIC_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
-def load_tokenizer(path: str | os.PathLike, **kwargs: Any) -> Any:
-    """Load the tokenizer of a HF model directory or hub id, never running remote code.
+def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False, **kwargs: Any) -> Any:
+    """Load the tokenizer of a HF model directory or hub id, running remote code only if asked.
 
     A tokenizer saved as a generic fast tokenizer (ours) is loaded as exactly that; anything else goes
     through `AutoTokenizer` as usual.
@@ -70,4 +70,4 @@ def load_tokenizer(path: str | os.PathLike, **kwargs: Any) -> Any:
         declared = json.loads(config.read_text()).get("tokenizer_class")
         if declared in _GENERIC_CLASSES:
             return PreTrainedTokenizerFast.from_pretrained(os.fspath(Path(path).expanduser()), **kwargs)
-    return AutoTokenizer.from_pretrained(os.fspath(path), trust_remote_code=False, **kwargs)
+    return AutoTokenizer.from_pretrained(os.fspath(path), trust_remote_code=trust_remote_code, **kwargs)

@@ -52,6 +52,11 @@ class RewardPoolConfig:
     max_inflight_per_worker: int = 2
     """Calls sent to a worker before its first result is back, so that it never idles waiting for the
     caller. Calls queued behind one that hangs wait for its timeout, so keep this small."""
+    batch_timeout_s: float | None = 60.0
+    """Seconds one `score`/`score_batch` call may take in all. Each call is bounded by `timeout_s`, but
+    calls queue behind each other and every timeout costs a worker restart, so hundreds of adversarial
+    completions (exponent towers, nested fractions) could otherwise hold a training step for many
+    minutes. Calls not finished by this deadline grade 0.0 as timeouts. None: no batch deadline."""
     memory_limit_mb: int | None = 4096
     """Address-space limit per worker (RLIMIT_AS); a grader that blows up sympy gets a MemoryError
     (graded 0.0, counted as an error) instead of swapping the machine. None: no limit."""
@@ -73,6 +78,14 @@ class RewardPoolConfig:
             raise ValueError(f"start_method must be one of {_START_METHODS}, got {self.start_method!r}")
         if not (isinstance(self.startup_timeout_s, int | float) and self.startup_timeout_s > 0):
             raise ValueError(f"startup_timeout_s must be a number > 0, got {self.startup_timeout_s!r}")
+        if self.batch_timeout_s is not None and not (
+            isinstance(self.batch_timeout_s, int | float)
+            and math.isfinite(self.batch_timeout_s)
+            and self.batch_timeout_s > 0
+        ):
+            raise ValueError(
+                f"batch_timeout_s must be None or a finite number > 0, got {self.batch_timeout_s!r}"
+            )
         if not isinstance(self.max_inflight_per_worker, int) or self.max_inflight_per_worker < 1:
             raise ValueError(
                 f"max_inflight_per_worker must be an int >= 1, got {self.max_inflight_per_worker!r}"
@@ -90,6 +103,10 @@ class RewardPoolConfig:
 
 
 OK, TIMEOUT, ERROR = "ok", "timeout", "error"
+
+# Bytes of calls that may wait in a busy worker's pipe: well under Linux's 64 KiB pipe buffer, so that
+# sending to a worker that is not reading never blocks (an idle worker reads as we send, any size).
+_PIPE_BUDGET_BYTES = 32 * 1024
 
 
 @dataclass
@@ -192,6 +209,7 @@ class _Worker:
         self.started_at = time.monotonic()
         self.ready = False
         self.inflight: deque[int] = deque()
+        self.sizes: dict[int, int] = {}  # task id → bytes sent, for the calls in `inflight`
         self.head_since = 0.0  # when the worker became free to start inflight[0]
 
     def kill(self) -> None:
@@ -367,6 +385,8 @@ class RewardPool:
         cfg = self.config
         pending: deque[int] = deque(range(len(completions)))
         remaining = len(completions)
+        # Counted from when a worker is ready: starting the pool is not grading time.
+        batch_deadline = math.inf
 
         def finish(i: int, state: str, value: float | str) -> None:
             nonlocal remaining
@@ -384,10 +404,14 @@ class RewardPool:
                 finish(worker.inflight.popleft(), state, why)
                 pending.extendleft(reversed(worker.inflight))
                 worker.inflight.clear()
+                worker.sizes.clear()
             self._replace(index)
 
         while remaining or (until_ready and not all(w.ready for w in self._workers)):
             now = time.monotonic()
+            if batch_deadline == math.inf and cfg.batch_timeout_s is not None and not until_ready:
+                if any(w.ready for w in self._workers):
+                    batch_deadline = now + cfg.batch_timeout_s
             # Round robin, one call per worker per round, so that a batch smaller than the pipes'
             # capacity still spreads over all workers.
             open_workers = [w for w in self._workers if w.ready]
@@ -396,9 +420,18 @@ class RewardPool:
                     if not pending or len(worker.inflight) >= cfg.max_inflight_per_worker:
                         open_workers.remove(worker)
                         continue
-                    i = pending.popleft()
+                    i = pending[0]
+                    payload = pickle.dumps((i, completions[i], references[i]))
+                    # A send blocks once the pipe is full, and a busy worker reads only after its call:
+                    # a long completion queued behind a hanging call would block this thread past every
+                    # deadline. So calls are queued behind others only while they fit in the pipe.
+                    queued = sum(worker.sizes.values())
+                    if worker.inflight and queued + len(payload) > _PIPE_BUDGET_BYTES:
+                        open_workers.remove(worker)
+                        continue
+                    pending.popleft()
                     try:
-                        worker.conn.send((i, completions[i], references[i]))
+                        worker.conn.send_bytes(payload)
                     except (OSError, ValueError):  # died since the last check: the sentinel will tell
                         pending.appendleft(i)
                         open_workers.remove(worker)
@@ -406,12 +439,15 @@ class RewardPool:
                     if not worker.inflight:
                         worker.head_since = now
                     worker.inflight.append(i)
+                    worker.sizes[i] = len(payload)
 
             deadlines = [
                 w.head_since + cfg.timeout_s if w.ready else w.started_at + cfg.startup_timeout_s
                 for w in self._workers
                 if w.inflight or not w.ready
             ]
+            if remaining and batch_deadline < math.inf:
+                deadlines.append(batch_deadline)
             wait_s = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
             handles = [w.conn for w in self._workers] + [w.proc.sentinel for w in self._workers]
             multiprocessing.connection.wait(handles, timeout=wait_s)
@@ -433,6 +469,7 @@ class RewardPool:
                             if not worker.inflight or worker.inflight[0] != task_id:
                                 raise RuntimeError(f"reward worker answered task {task_id} out of order")
                             worker.inflight.popleft()
+                            worker.sizes.pop(task_id, None)
                             worker.head_since = time.monotonic()
                             finish(task_id, state, value)
                 except (EOFError, OSError):
@@ -448,3 +485,15 @@ class RewardPool:
                     self._start_failed(index, f"not ready after {cfg.startup_timeout_s} s")
                 elif worker.inflight and now >= worker.head_since + cfg.timeout_s:
                     fail_worker(index, TIMEOUT, f"grader exceeded the {cfg.timeout_s} s timeout")
+
+            if remaining and time.monotonic() >= batch_deadline:
+                why = f"the batch exceeded batch_timeout_s={cfg.batch_timeout_s} s before this call finished"
+                for index, worker in enumerate(self._workers):
+                    if worker.inflight:
+                        for i in worker.inflight:
+                            finish(i, TIMEOUT, why)
+                        worker.inflight.clear()
+                        worker.sizes.clear()
+                        self._replace(index)  # its queued calls must not answer into the next batch
+                while pending:
+                    finish(pending.popleft(), TIMEOUT, why)

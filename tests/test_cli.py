@@ -1,0 +1,169 @@
+"""The CLI's bad-input errors: one line `asympo: error: ...`, exit status 2, no traceback, before any work;
+`--resume` with a changed config; unwritable or full output directories."""
+
+from __future__ import annotations
+
+import errno
+import json
+import subprocess
+import sys
+
+import pytest
+
+from asympo.cli import main
+from asympo.config import TrainConfig, apply_overrides
+from asympo.presets import preset_dict
+
+
+def run_cli(capsys, *args) -> tuple[int, str]:
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+def test_a_wrong_type_is_one_line_and_exit_2_in_a_real_process(tmp_path):
+    """The issue's example, as a user runs it: the field and the expected type, no traceback."""
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "asympo.cli",
+            "train",
+            "--preset",
+            "demo",
+            "--out",
+            str(tmp_path / "o"),
+            "--set",
+            "learner.lr=fast",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == "asympo: error: learner.lr must be a number (float), got 'fast'\n"
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "sets,message",
+    [
+        (["learner.lr=fast"], "learner.lr must be a number (float), got 'fast'"),
+        (["steps=many"], "steps must be an integer (int), got 'many'"),
+        (["report=maybe"], "report must be true or false (bool), got 'maybe'"),
+        (["learner.lrr=1e-3"], "unknown config key(s) learner.lrr (did you mean learner.lr?)"),
+        (["rollout.top_p=2"], "rollout.top_p must be in (0, 1]"),
+        (['logging.backends=["jsonl", "mlflow"]'], "unknown backend(s) 'mlflow'"),
+    ],
+)
+def test_bad_config_values_are_user_errors(capsys, tmp_path, sets, message):
+    args = ["train", "--preset", "demo", "--out", str(tmp_path / "o"), "--no-progress"]
+    code, err = run_cli(capsys, *args, *[x for s in sets for x in ("--set", s)])
+    assert code == 2
+    assert err.startswith("asympo: error: ") and message in err and err.count("\n") == 1
+
+
+def test_a_bad_config_file_names_the_field(capsys, tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"learner": {"lr": "fast"}, "out": str(tmp_path / "o")}))
+    code, err = run_cli(capsys, "train", "--config", str(path))
+    assert code == 2 and "learner.lr must be a number (float), got 'fast'" in err
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ('{"prompt": "1+1", "reference": "2"}\n{"prompt": "2+2", "reference": \n', "line 2: invalid JSON"),
+        ('{"prompt": "1+1", "reference": "2"}\n[1, 2]\n', "line 2: expected a JSON object, got list"),
+        ('{"prompt": "1+1", "reference": "2"}\n\n{"prompt": "3+3"}\n', "line 3: missing field 'reference'"),
+        ('{"prompt": "1+1", "reference": ["2"]}\n', "line 1: field 'reference' (the reference) must be text"),
+    ],
+)
+def test_malformed_data_lines_fail_before_any_work(capsys, tmp_path, content, message):
+    """Every line of a task file is checked in `validate`, before the model is loaded or warmed up."""
+    data = tmp_path / "data.jsonl"
+    data.write_text(content)
+    out = tmp_path / "o"
+    code, err = run_cli(
+        capsys, "train", "--preset", "demo", "--out", str(out), "--set", f"task.name={data}", "--no-progress"
+    )
+    assert code == 2, err
+    assert f"{data}, {message}" in err
+    assert not (out / "config.json").exists()
+
+
+def _run_dir(tmp_path, **changes) -> str:
+    """A run directory as `asympo train` leaves it (config.json), without training."""
+    out = tmp_path / "run"
+    out.mkdir()
+    sets = [f"out={json.dumps(str(out))}", "steps=10"] + [f"{k}={v}" for k, v in changes.items()]
+    cfg = TrainConfig.from_dict(apply_overrides(preset_dict("demo"), sets))
+    (out / "config.json").write_text(cfg.to_json())
+    return str(out)
+
+
+def test_resume_with_a_changed_config_lists_the_differing_fields(capsys, tmp_path):
+    out = _run_dir(tmp_path)
+    code, err = run_cli(
+        capsys, "train", "--resume", "--out", out, "--set", "learner.lr=0.5", "--objective", "spo"
+    )
+    assert code == 2
+    assert "--resume: the config differs from the run's" in err
+    assert "learner.lr: 0.0002 -> 0.5" in err and "learner.objective: 'asympo' -> 'spo'" in err
+    assert "steps" in err.split("may change only", 1)[1]  # says what may change
+    # A whole different preset is caught the same way.
+    code, err = run_cli(capsys, "train", "--resume", "--out", out, "--preset", "gsm8k")
+    assert code == 2 and "model.path: 'embedded' -> 'Qwen/Qwen3-0.6B'" in err
+
+
+def test_resume_allows_safe_changes(capsys, tmp_path, monkeypatch):
+    import asympo.train
+
+    seen = {}
+
+    def fake_train(cfg, resume, progress):
+        seen["cfg"], seen["resume"] = cfg, resume
+        raise ValueError("stop here")  # the config stage is what this test is about
+
+    monkeypatch.setattr(asympo.train, "train", fake_train)
+    out = _run_dir(tmp_path)
+    sets = ["eval.every=5", "checkpoint_every=3", "keep_checkpoints=4", "report=false"]
+    code, err = run_cli(
+        capsys,
+        "train",
+        "--resume",
+        "--out",
+        out,
+        "--steps",
+        "20",
+        *[x for s in sets for x in ("--set", s)],
+    )
+    assert code == 2 and "stop here" in err, err
+    cfg = seen["cfg"]
+    assert seen["resume"] and cfg.steps == 20 and cfg.eval.every == 5 and cfg.checkpoint_every == 3
+    assert cfg.keep_checkpoints == 4 and cfg.report is False and cfg.learner.lr == 2e-4
+    # The preset the run was started with is accepted too (nothing but safe fields differ).
+    code, err = run_cli(capsys, "train", "--resume", "--out", out, "--preset", "demo", "--steps", "10")
+    assert code == 2 and "stop here" in err, err
+
+
+def test_an_unwritable_out_names_the_path(capsys, tmp_path):
+    """A file in the way of --out (tests run as root, so chmod cannot make a directory unwritable)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    out = blocker / "run"
+    code, err = run_cli(capsys, "train", "--preset", "demo", "--out", str(out), "--no-progress")
+    assert code == 1
+    assert err.startswith(f"asympo: error: cannot write {out}: Not a directory") and err.count("\n") == 1
+
+
+def test_a_full_disk_names_the_path(capsys, tmp_path, monkeypatch):
+    import os
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "o" / ".write-test"))
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    code, err = run_cli(capsys, "train", "--preset", "demo", "--out", str(tmp_path / "o"), "--no-progress")
+    assert code == 1
+    assert "cannot write" in err and "No space left on device" in err and "Traceback" not in err
