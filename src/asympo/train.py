@@ -25,6 +25,7 @@ from asympo.config import TrainConfig
 from asympo.data.problem import Problem
 from asympo.engines.base import SamplingParams
 from asympo.learner import Learner
+from asympo.lora import policy_state_dict
 from asympo.runtime.backend import Backend, WorkerSpec
 from asympo.runtime.scheduler import PromptScheduler
 
@@ -75,8 +76,10 @@ def load_task(cfg: TrainConfig, split: str, tokenizer=None) -> list[Problem]:
 
         return arithmetic_problems(ArithmeticConfig(**t.arithmetic), split)
     from asympo.data import load_problems
+    from asympo.data.templates import chat_template_with
 
-    return load_problems(t.name, split, fields=t.fields or None, template=t.template, tokenizer=tokenizer)
+    template = chat_template_with(tokenizer, t.chat_template_kwargs) if t.chat_template_kwargs else t.template
+    return load_problems(t.name, split, fields=t.fields or None, template=template, tokenizer=tokenizer)
 
 
 def check_device(device: str, fix: str = "--set model.device=cpu") -> None:
@@ -114,6 +117,10 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.model.path != "embedded":
         check_model_path(cfg.model.path)
     check_device(cfg.model.device)
+    if cfg.model.lora:
+        from asympo.lora import require_peft
+
+        require_peft()
     if cfg.task.name not in ("arithmetic", "gsm8k", "math500") and not cfg.task.name.startswith("hf:"):
         if not Path(cfg.task.name).exists():
             raise FileNotFoundError(
@@ -262,8 +269,12 @@ def train(
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
     dtype = getattr(torch, cfg.model.dtype)
     model = AutoModelForCausalLM.from_pretrained(
-        str(ckpt or model_path), dtype=dtype, trust_remote_code=False
+        str(model_path if cfg.model.lora else (ckpt or model_path)), dtype=dtype, trust_remote_code=False
     )
+    if cfg.model.lora:  # a LoRA checkpoint holds only the adapter; the base model is model.path
+        from asympo.lora import LoraSettings, wrap_lora
+
+        model = wrap_lora(model, LoraSettings.from_dict(cfg.model.lora), adapter_dir=ckpt)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train_problems = load_task(cfg, cfg.task.train_split, tokenizer)
     eval_problems = load_task(cfg, cfg.task.eval_split, tokenizer)
@@ -326,12 +337,12 @@ def train(
         pass1_before = run_eval(0)
     bar = _Progress(cfg.steps, start_step, enabled=progress)
     last: dict = {}
-    backend.start(learner.model.state_dict(), learner.version)
+    backend.start(policy_state_dict(learner.model), learner.version)
     try:
         for step in range(start_step, cfg.steps):
             batch = backend.next_batch(learner.version, cfg.rollout.prompts_per_step)
             m = learner.step(batch)
-            backend.publish(learner.model.state_dict(), learner.version)
+            backend.publish(policy_state_dict(learner.model), learner.version)
             m["step"] = step
             m["time/wait"] = batch.time_wait
             m["time/generate"] = sum(g.time_generate for g in batch.groups)
