@@ -225,8 +225,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             model = resolve_model_path(TrainConfig(), progress=True)
         elif not Path(model).exists():
             raise UserError(f"--model {model!r} does not exist")
-        elif not (Path(model) / "config.json").exists():
-            raise UserError(f"--model {model!r} is not a HF model directory (no config.json)")
+        elif (
+            not (Path(model) / "config.json").exists() and not (Path(model) / "adapter_config.json").exists()
+        ):
+            raise UserError(
+                f"--model {model!r} is not a HF model directory (no config.json) nor a LoRA adapter"
+            )
         if args.dataset in ("arith", "arithmetic"):
             from asympo.data.arithmetic import ArithmeticConfig, arithmetic_problems
 

@@ -142,6 +142,10 @@ def wrap_lora(
                 f"model.lora asks for r={settings.r}, alpha={settings.alpha}; resume with the run's own config"
             )
         wrapped = PeftModel.from_pretrained(model, os.fspath(adapter_dir), is_trainable=True)
+    if hasattr(wrapped, "enable_input_require_grads"):
+        # With the embeddings frozen, reentrant gradient checkpointing would see no input that needs a
+        # gradient and silently give the adapter none; this makes the embedding output require one.
+        wrapped.enable_input_require_grads()
     return wrapped
 
 
