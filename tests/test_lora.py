@@ -100,9 +100,48 @@ def test_merged_state_dict_equals_peft_merge_and_leaves_the_model_alone():
         torch.testing.assert_close(policy_copy(model)(input_ids=ids).logits, logits, rtol=1e-5, atol=1e-5)
 
 
+def test_gradient_checkpointing_gives_the_adapter_the_same_gradient():
+    ids = torch.tensor([[2, 3, 5, 6, 7, 8]])
+    grads = []
+    for checkpointing in (False, True):
+        model = randomised_adapter(tiny_model())
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+        model.train()
+        model(input_ids=ids).logits.float().logsumexp(-1).sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert all(g is not None for g in grads[1].values())
+    for n, g in grads[0].items():
+        torch.testing.assert_close(grads[1][n], g, rtol=1e-5, atol=1e-6)
+
+
+def test_engine_samples_a_lora_model_as_its_merged_weights():
+    from asympo.engines.base import SamplingParams
+
+    model = randomised_adapter(tiny_model())
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=5, ignore_eos=True)
+    tok = _FakeTok()
+    merged_engine = TorchEngine(tiny_model(seed=1), tokenizer=tok)
+    merged_engine.load_weights(merged_state_dict(model), version=1)
+    lora_engine = TorchEngine(model, tokenizer=tok)  # the adapter stays active inside the engine
+    for prompt in ("ab", "cde"):
+        assert (
+            lora_engine.generate([prompt], greedy)[0].response_ids
+            == merged_engine.generate([prompt], greedy)[0].response_ids
+        )
+
+
 class _FakeTok:
+    """Enough of a tokenizer for TorchEngine: one token per character (ids 2..19 of the tiny vocab)."""
+
     eos_token_id = 1
     pad_token_id = 0
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [2 + (ord(c) % 18) for c in text]}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(map(str, ids))
 
 
 def test_adapter_files_and_load_merged(tmp_path):

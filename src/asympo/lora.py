@@ -143,8 +143,9 @@ def wrap_lora(
             )
         wrapped = PeftModel.from_pretrained(model, os.fspath(adapter_dir), is_trainable=True)
     if hasattr(wrapped, "enable_input_require_grads"):
-        # With the embeddings frozen, reentrant gradient checkpointing would see no input that needs a
-        # gradient and silently give the adapter none; this makes the embedding output require one.
+        # With the embeddings frozen, reentrant gradient checkpointing sees no input that needs a gradient
+        # and silently gives the adapter none. HF's gradient_checkpointing_enable does this too, but only
+        # when it is the one enabling checkpointing; doing it here covers every other way.
         wrapped.enable_input_require_grads()
     return wrapped
 
