@@ -36,7 +36,7 @@ def test_char_tokenizer_round_trip_and_specials():
     assert len(set(tok(CHARSET, add_special_tokens=False)["input_ids"])) == len(CHARSET)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_save_and_load_offline_gives_the_same_model_and_tokenizer(tmp_path, arch, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     tok = build_char_tokenizer()

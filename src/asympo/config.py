@@ -42,8 +42,15 @@ class ModelConfig:
     trust_remote_code: bool = False
     """Run the Python code a hub model ships (HF `trust_remote_code`). Only for models whose code you
     have read: it executes with your permissions. Off by default."""
+    lora: dict = field(default_factory=dict)
+    """LoRA adapter (needs `asympo[lora]`), e.g. {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules":
+    ["q_proj", "v_proj"]}; only the adapter is trained and checkpointed. Empty = full fine-tuning."""
 
     def __post_init__(self):
+        if self.lora:
+            from asympo.lora import LoraSettings
+
+            LoraSettings.from_dict(self.lora)  # raises ValueError naming the bad key or value
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if not self.path:
@@ -62,6 +69,8 @@ class TaskConfig:
     """Held-out split for evaluation."""
     template: str = "plain"
     """Prompt template for text datasets: plain | chat (the tokenizer's chat template)."""
+    chat_template_kwargs: dict = field(default_factory=dict)
+    """Extra arguments of the tokenizer's chat template with template=chat, e.g. {"enable_thinking": false}."""
     reward: str = "auto"
     """Reward function: auto (arithmetic for the arithmetic task, else math) | arithmetic | math | pkg.mod:fn."""
     fields: dict = field(default_factory=dict)
@@ -75,6 +84,12 @@ class TaskConfig:
         for name in ("name", "train_split", "eval_split", "reward"):
             if not getattr(self, name):
                 raise ValueError(f"task.{name} must not be empty")
+        if not isinstance(self.chat_template_kwargs, dict):
+            raise ValueError(
+                f"task.chat_template_kwargs must be a mapping, got {self.chat_template_kwargs!r}"
+            )
+        if self.chat_template_kwargs and self.template != "chat":
+            raise ValueError("task.chat_template_kwargs is only used with task.template=chat")
 
     @property
     def reward_name(self) -> str:

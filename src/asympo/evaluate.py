@@ -24,9 +24,12 @@ def load_task(task: TaskConfig, split: str, tokenizer=None) -> list[Problem]:
 
         return arithmetic_problems(ArithmeticConfig(**task.arithmetic), split)
     from asympo.data import load_problems
+    from asympo.data.templates import chat_template_with
 
     fields = task.fields or None
-    return load_problems(task.name, split, fields=fields, template=task.template, tokenizer=tokenizer)
+    kwargs = getattr(task, "chat_template_kwargs", None)
+    template = chat_template_with(tokenizer, kwargs) if kwargs else task.template
+    return load_problems(task.name, split, fields=fields, template=template, tokenizer=tokenizer)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

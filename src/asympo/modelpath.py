@@ -1,7 +1,8 @@
 """The one rule for a model argument (`model.path`, `asympo eval --model`, `TorchEngine.from_pretrained`):
 a local Hugging Face model directory, or a hub id.
 
-- A path that exists must be a directory with a `config.json` (what `from_pretrained` loads).
+- A path that exists must be a directory with a `config.json` (what `from_pretrained` loads), or a LoRA
+  adapter directory with an `adapter_config.json` (loaded merged into its base model, `asympo.lora`).
 - A path that does not exist is taken as a hub id when it looks like one: `name` (`gpt2`) or `org/name`
   (`Qwen/Qwen3-0.6B`). Anything else (`./x`, `/x`, `~/x`, `a/b/c`, a Windows path) is a missing local
   directory: the error says so before any download or training starts.
@@ -29,10 +30,11 @@ def check_model_path(path: str | os.PathLike, what: str = "model path") -> str:
     text = os.fspath(path)
     local = Path(text).expanduser()
     if local.exists():
-        if not (local / "config.json").is_file():
+        if not (local / "config.json").is_file() and not (local / "adapter_config.json").is_file():
             raise FileNotFoundError(
-                f"{what} {text!r} is not a Hugging Face model directory (it has no config.json); give the "
-                "directory that save_pretrained wrote, or a hub id such as gpt2 or Qwen/Qwen3-0.6B"
+                f"{what} {text!r} is not a Hugging Face model directory (it has no config.json) nor a LoRA "
+                "adapter (adapter_config.json); give the directory that save_pretrained wrote, or a hub id "
+                "such as gpt2 or Qwen/Qwen3-0.6B"
             )
         return str(local)
     if text.startswith((".", "/", "~")) or "\\" in text or not HUB_ID.match(text):

@@ -27,6 +27,7 @@ from asympo.engines.base import SamplingParams
 from asympo.evaluate import load_task
 from asympo.learner import Learner, NonFiniteStepsError, master_dtype, resolve_precision
 from asympo.loggers import check_backends, make_loggers
+from asympo.lora import policy_copy, policy_state_dict
 from asympo.modelpath import check_model_path
 from asympo.runtime.backend import Backend, WorkerSpec
 from asympo.runtime.scheduler import PromptScheduler
@@ -68,9 +69,19 @@ def load_policy(cfg: TrainConfig, model_path: str, ckpt: Path | None):
     from transformers import AutoModelForCausalLM
 
     dtype = master_dtype(resolve_precision(cfg.learner.precision, cfg.model.device))
-    model = AutoModelForCausalLM.from_pretrained(
-        str(ckpt or model_path), dtype=dtype, trust_remote_code=cfg.model.trust_remote_code
-    )
+    if cfg.model.lora:
+        # Only the adapter is trained (peft keeps it in fp32): the frozen base stays in model.dtype, and a
+        # LoRA checkpoint holds only the adapter, so the base always comes from model.path.
+        from asympo.lora import LoraSettings, wrap_lora
+
+        base = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=getattr(torch, cfg.model.dtype), trust_remote_code=cfg.model.trust_remote_code
+        )
+        model = wrap_lora(base, LoraSettings.from_dict(cfg.model.lora), adapter_dir=ckpt)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(ckpt or model_path), dtype=dtype, trust_remote_code=cfg.model.trust_remote_code
+        )
     reference = None
     if ckpt is not None and cfg.learner.kl_coef > 0:
         reference = AutoModelForCausalLM.from_pretrained(
@@ -134,6 +145,10 @@ def validate(cfg: TrainConfig) -> None:
 
         # Every line of a data file is checked now, not when the loader reaches it after model loading.
         load_problems(cfg.task.name, fields=cfg.task.fields or None, template="plain")
+    if cfg.model.lora:
+        from asympo.lora import require_peft
+
+        require_peft()
     if cfg.task.name not in ("arithmetic", "gsm8k", "math500") and not cfg.task.name.startswith("hf:"):
         if not Path(cfg.task.name).exists():
             raise FileNotFoundError(
@@ -225,7 +240,6 @@ class HeldOutEval:
     """
 
     def __init__(self, cfg: TrainConfig, model, tokenizer, problems: list[Problem]):
-        import copy
         from concurrent.futures import ThreadPoolExecutor
 
         from asympo.engines.torch import TorchEngine
@@ -234,7 +248,7 @@ class HeldOutEval:
 
         self.cfg = cfg
         self.problems = problems[: cfg.eval.limit] if cfg.eval.limit else problems
-        rollout_model = copy.deepcopy(model).to(getattr(torch, cfg.model.dtype))
+        rollout_model = policy_copy(model).to(getattr(torch, cfg.model.dtype))
         self.engine = TorchEngine(rollout_model, tokenizer)
         self.engine.model.eval()
         name = cfg.task.reward_name
@@ -284,7 +298,7 @@ class HeldOutEval:
     @staticmethod
     def snapshot(model) -> dict:
         """A copy of `model`'s weights that the learner's next step cannot change."""
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return {k: v.detach().clone() for k, v in policy_state_dict(model).items()}
 
     def __call__(self, model=None) -> dict:
         """Evaluate now (the weights of `model`, or those loaded last) and return the result."""
@@ -433,7 +447,7 @@ def train(
         for logger in loggers:
             logger.close()
 
-    backend.start(learner.model.state_dict(), learner.version)
+    backend.start(policy_state_dict(learner.model), learner.version)
     failed = True
     try:
         for step in range(start_step, cfg.steps):
@@ -448,7 +462,7 @@ def train(
                     else "no checkpoint was written yet"
                 )
                 raise NonFiniteStepsError(f"step {step}: {e}; {where}", e.version) from e
-            backend.publish(learner.model.state_dict(), learner.version)
+            backend.publish(policy_state_dict(learner.model), learner.version)
             m["step"] = step
             m["time/wait"] = batch.time_wait
             m["time/generate"] = sum(g.time_generate for g in batch.groups)

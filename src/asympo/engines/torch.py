@@ -3,8 +3,17 @@
 The loop is the textbook one: left-pad the prompts of a batch, prefill them once (each distinct prompt
 once; its cache rows are then repeated for the n samples), then decode one token per step, feeding only
 the new token with `attention_mask` covering everything seen so far and explicit `position_ids` (so left
-padding does not shift positions). Rows that hit EOS are dropped from the batch and the cache. This is
-the CPU default engine and the reference the others are compared with.
+padding does not shift positions). Rows that hit any stop token (the tokenizer's EOS and every id in the
+model's `generation_config.eos_token_id`, e.g. Qwen3's `<|im_end|>` and `<|endoftext|>`) are dropped from
+the batch and the cache. This is the CPU default engine and the reference the others are compared with.
+
+Context length: a prompt that does not leave room for one new token within the model's
+`max_position_embeddings` is an error naming its length (shorten or filter the prompts); a prompt that
+fits but leaves less room than `max_new_tokens` gets a response cut at the context end
+(`finish_reason="length"`, counted by the learner in `batch/truncated`).
+
+A LoRA model (peft) is sampled with its adapter active; a LoRA checkpoint directory (adapter files, no
+config.json) is loaded by `from_pretrained` as its base model with the adapter merged in.
 """
 
 from __future__ import annotations
@@ -90,8 +99,13 @@ class TorchEngine:
             raise ValueError("TorchEngine needs the model's tokenizer (tokenizer=...)")
         if max_batch_size is not None and max_batch_size < 1:
             raise ValueError(f"max_batch_size must be None or >= 1, got {max_batch_size}")
+        if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
+            # The inner HF model carries the injected adapter layers and keeps the HF forward signature
+            # (the cache and logits_to_keep arguments), which the peft wrapper hides.
+            model = model.get_base_model()
         self.model = model
         self.tokenizer = tokenizer
+        self.max_context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         self.max_batch_size = max_batch_size
         self.use_kv_cache = use_kv_cache
         self._version = int(policy_version)
@@ -123,15 +137,19 @@ class TorchEngine:
         model's own code only if trust_remote_code is set. Extra keyword arguments go to `__init__`."""
         from transformers import AutoModelForCausalLM
 
+        from asympo.lora import is_adapter_dir, load_merged
         from asympo.models.tokenizer import load_tokenizer
 
         path = check_model_path(path)
         tokenizer = load_tokenizer(
             tokenizer_path if tokenizer_path else path, trust_remote_code=trust_remote_code
         )
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=_resolve_dtype(dtype), trust_remote_code=trust_remote_code
-        )
+        if is_adapter_dir(path):
+            model = load_merged(path, dtype=_resolve_dtype(dtype))
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=_resolve_dtype(dtype), trust_remote_code=trust_remote_code
+            )
         return cls(model.to(device), tokenizer, **kwargs)
 
     def _find_eos_ids(self) -> set[int]:
@@ -214,6 +232,13 @@ class TorchEngine:
         ids = list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
         if not ids:
             raise ValueError(f"prompt {prompt!r} encodes to no tokens; the model needs at least one")
+        if self.max_context is not None and len(ids) >= self.max_context:
+            head = prompt[:60] + ("..." if len(prompt) > 60 else "")
+            raise ValueError(
+                f"prompt {head!r} is {len(ids)} tokens, which leaves no room for a response in the model's "
+                f"context of {self.max_context} (max_position_embeddings); filter or shorten long prompts, "
+                "or use a model with a longer context"
+            )
         return ids
 
     def _make_generator(self, seed: int | None) -> torch.Generator:
@@ -274,15 +299,19 @@ class TorchEngine:
             logits = self._forward(ids, mask, positions, cache)
 
         B = P * n
+        # Responses stop at the context end (finish_reason "length"); _encode refused prompts that fill it.
+        max_new = sampling.max_new_tokens
+        if self.max_context is not None:
+            max_new = max(1, min(max_new, self.max_context - L))
         rows = torch.arange(B, device=self.device)  # which original row each live row is
         next_pos = positions[:, -1] + 1  # [B]
-        tokens = torch.full((B, sampling.max_new_tokens), self.pad_id, dtype=torch.long, device=self.device)
-        logps = torch.zeros((B, sampling.max_new_tokens), dtype=torch.float64, device=self.device)
-        lengths = torch.full((B,), sampling.max_new_tokens, dtype=torch.long, device=self.device)
+        tokens = torch.full((B, max_new), self.pad_id, dtype=torch.long, device=self.device)
+        logps = torch.zeros((B, max_new), dtype=torch.float64, device=self.device)
+        lengths = torch.full((B,), max_new, dtype=torch.long, device=self.device)
         stopped = torch.zeros((B,), dtype=torch.bool, device=self.device)
         eos = torch.tensor(sorted(self.eos_ids), device=self.device)
 
-        for step in range(sampling.max_new_tokens):
+        for step in range(max_new):
             tok, lp = sample_next(logits, sampling, generator)  # [b], [b]
             tokens[rows, step] = tok
             logps[rows, step] = lp.double()
@@ -292,7 +321,7 @@ class TorchEngine:
                 done = torch.isin(tok, eos)
                 lengths[rows[done]] = step + 1
                 stopped[rows[done]] = True
-            if step + 1 == sampling.max_new_tokens or bool(done.all()):
+            if step + 1 == max_new or bool(done.all()):
                 break
             live = (~done).nonzero().squeeze(-1)
             if len(live) < len(rows):  # drop finished rows from the batch and the cache

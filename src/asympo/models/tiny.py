@@ -1,4 +1,4 @@
-"""The embedded model: a tiny Qwen2 or Llama built from a config (no downloads), saved in HF format.
+"""The embedded model: a tiny Qwen2, Qwen3 or Llama built from a config (no downloads), saved in HF format.
 
 Being a stock HF architecture is the point: everything that works here (the torch engine, the learner's
 log-probs, checkpoints, `from_pretrained`) works unchanged on a real model.
@@ -15,7 +15,7 @@ import torch
 
 __all__ = ["ARCHS", "TinyModelConfig", "build_tiny_model", "count_parameters", "save_pretrained"]
 
-ARCHS = ("llama", "qwen2")
+ARCHS = ("llama", "qwen2", "qwen3")
 
 
 @dataclass
@@ -23,7 +23,7 @@ class TinyModelConfig:
     """Shape of the embedded model. The defaults give about 0.8M parameters."""
 
     arch: str = "llama"
-    """HF architecture: "llama" or "qwen2" (load a qwen2 directory's tokenizer with
+    """HF architecture: "llama", "qwen2" or "qwen3" (load a qwen directory's tokenizer with
     `asympo.models.load_tokenizer`, see its module docstring)."""
     hidden_size: int = 128
     """Width of the residual stream; divisible by num_heads."""
@@ -75,10 +75,13 @@ class TinyModelConfig:
 
     def hf_config(self, vocab_size: int, bos_token_id: int, eos_token_id: int, pad_token_id: int) -> Any:
         """The transformers config object for this shape and a tokenizer's special ids."""
-        from transformers import LlamaConfig, Qwen2Config
+        from transformers import LlamaConfig, Qwen2Config, Qwen3Config
 
-        cls = Qwen2Config if self.arch == "qwen2" else LlamaConfig
+        cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[self.arch]
+        # Qwen3 takes an explicit head_dim (its real checkpoints decouple it from hidden/heads).
+        extra = {"head_dim": self.hidden_size // self.num_heads} if self.arch == "qwen3" else {}
         return cls(
+            **extra,
             vocab_size=vocab_size,
             hidden_size=self.hidden_size,
             num_hidden_layers=self.num_layers,
