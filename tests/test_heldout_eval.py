@@ -41,8 +41,8 @@ def _hang_on_eval_references(tmp_path, monkeypatch, cfg: TrainConfig) -> set[str
     """Make the grader hang on the held-out references that no training problem shares."""
     from asympo.train import load_task
 
-    train_refs = {p.reference for p in load_task(cfg, cfg.task.train_split)}
-    eval_refs = {p.reference for p in load_task(cfg, cfg.task.eval_split)[: cfg.eval.limit]} - train_refs
+    train_refs = {p.reference for p in load_task(cfg.task, cfg.task.train_split)}
+    eval_refs = {p.reference for p in load_task(cfg.task, cfg.task.eval_split)[: cfg.eval.limit]} - train_refs
     assert eval_refs, "the split has no held-out-only reference to hang on"
     (tmp_path / "hang.txt").write_text(" ".join(sorted(eval_refs)))
     monkeypatch.setenv("ASYMPO_TEST_HANG_REFS", str(tmp_path / "hang.txt"))
@@ -58,7 +58,7 @@ def test_a_hanging_grader_costs_the_timeout_not_the_evaluation(tmp_path, monkeyp
     hung = _hang_on_eval_references(tmp_path, monkeypatch, cfg)
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    problems = load_task(cfg, cfg.task.eval_split)
+    problems = load_task(cfg.task, cfg.task.eval_split)
     evaluator = HeldOutEval(cfg, model, tok, problems)
     try:
         assert evaluator.engine.model is not model  # its own copy: the learner may step meanwhile
