@@ -81,7 +81,16 @@ def worker_spec(spec: WorkerSpec, buffer_cfg: BufferConfig) -> WorkerSpec:
 def build_worker(spec: WorkerSpec, worker_id: int = 0) -> RolloutWorker:
     from asympo.engines import make_engine
 
-    engine = make_engine(spec.engine, model=spec.model_path, **spec.engine_kwargs)
+    if spec.engine == "openai":
+        # The server's `model` is its served name (engine_kwargs), not our path; the model's own tokenizer
+        # gives token ids when the server returns none, and model_dir lends config/tokenizer to disk sync.
+        from asympo.models.tokenizer import load_tokenizer
+
+        kwargs = {"model_dir": spec.model_path, **spec.engine_kwargs}
+        kwargs.setdefault("tokenizer", load_tokenizer(spec.model_path))
+        engine = make_engine("openai", **kwargs)
+    else:
+        engine = make_engine(spec.engine, model=spec.model_path, **spec.engine_kwargs)
     if spec.sampling.return_logprobs and not engine.supports_logprobs:
         raise ValueError(f"engine {spec.engine!r} cannot return the log-probs this objective needs")
     scorer = make_scorer(spec.reward, spec.reward_workers, spec.reward_timeout_s)
