@@ -16,9 +16,18 @@ from pathlib import Path
 
 from asympo import __version__
 from asympo.engines.openai import OpenAIEngineError
+from asympo.engines.weight_sync import WeightSyncError
 from asympo.runtime.buffer import BufferClosed
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError, BufferClosed, OpenAIEngineError)
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    ImportError,
+    BufferClosed,
+    OpenAIEngineError,
+    WeightSyncError,
+)
 
 
 class UserError(Exception):
