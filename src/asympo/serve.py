@@ -14,8 +14,7 @@ loaded from under `--weights-root`; weights are read as safetensors (no pickle).
 `ServerProcess` starts `asympo serve` as a child process on a free loopback port and stops it again
 (`rollout.serve=true`); `openai_engine_kwargs` wires a training run to it.
 """
-
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI reads the routes' annotations (`Request`) at runtime.
 
 import atexit
 import json
@@ -129,11 +128,11 @@ class _Server:
         self.root = Path(cfg.weights_root).resolve() if cfg.weights_root else None
 
     def under_root(self, path: str) -> Path:
-        if self.root is None:
+        if self.root is None or not os.path.isabs(path):
             raise _HTTPError(
                 404,
                 f"model {path!r} not found; this server serves {self.cfg.served_name!r} "
-                "(start it with --weights-root DIR to load weight directories by path)",
+                "(or, with --weights-root DIR, an absolute path to a weight directory under DIR)",
                 "model_not_found",
             )
         p = Path(path).resolve()
@@ -240,7 +239,9 @@ def build_app(cfg: ServeConfig, engine=None):
 
     def sampling_from(body: dict) -> tuple[SamplingParams, int]:
         n = _int_field(body, "n", 1, 1, cfg.max_n, "--max-n")
-        max_tokens = _int_field(body, "max_tokens", 16, 1, cfg.max_tokens, "--max-tokens")
+        max_tokens = _int_field(
+            body, "max_tokens", min(16, cfg.max_tokens), 1, cfg.max_tokens, "--max-tokens"
+        )
         seed = _int_field(body, "seed", None, 0, 2**63 - 1, "seed")
         temperature, top_p = body.get("temperature", 1.0), body.get("top_p", 1.0)
         try:
