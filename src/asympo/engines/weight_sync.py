@@ -260,7 +260,12 @@ class DiskSync:
                 shutil.rmtree(d, ignore_errors=True)
 
     def request_model(self, version: int) -> str | None:
-        return str(self.path(version)) if self.notifier == "model-path" else None
+        if self.notifier != "model-path":
+            return None
+        # Before the first push (the initial weights, which the server loaded at start) there is no
+        # directory to name: the server's own model is that version.
+        path = self.path(version)
+        return str(path) if path.is_dir() else None
 
 
 def make_weight_sync(
