@@ -144,3 +144,26 @@ def test_demo_through_asympo_serve_learns(tmp_path):
     assert max(r["staleness/max"] for r in recs) >= 1
     evals = lines(tmp_path / "run" / "eval.jsonl")
     assert evals[-1]["pass@1"] > evals[0]["pass@1"], evals
+
+
+def test_a_group_without_token_ids_is_dropped_with_a_reason_and_replaced():
+    from asympo.data.problem import Problem
+    from asympo.runtime.backend import BackendBase
+    from asympo.runtime.buffer import BufferConfig
+    from asympo.runtime.records import RolloutGroup, Sample
+    from asympo.runtime.scheduler import PromptScheduler
+
+    problems = [Problem(f"p{i}", f"{i}+1=", str(i + 1)) for i in range(10)]
+    sched = PromptScheduler(problems, prompts_per_step=2, group_size=2, buffer=BufferConfig())
+    backend = BackendBase(sched, BufferConfig())
+    tasks = sched.issue(0)
+
+    def group(task, prompt_ids, response_ids):
+        samples = [Sample(prompt_ids, response_ids, "x", 1.0, "stop", 0) for _ in range(2)]
+        return RolloutGroup(task.group_id, task.problem.id, "1", task.batch_index, 0, samples)
+
+    backend._arrived(group(tasks[0], [1], []))  # a text-only server, no tokenizer: no response ids
+    backend._arrived(group(tasks[1], [1], [2]))
+    assert backend.metrics()["dropped/no_token_ids"] == 1.0 and len(backend.buffer) == 1
+    replacement = sched.issue(0)  # a fresh prompt for the same step takes the dropped one's place
+    assert [t.batch_index for t in replacement] == [tasks[0].batch_index]

@@ -120,6 +120,12 @@ class BackendBase:
             self.scheduler.done(group.group_id)
             self.reward_timeouts += group.reward_timeouts
             self.reward_errors += group.reward_errors
+            if any(not s.prompt_ids or not s.response_ids for s in group.samples):
+                # No tokens to score (e.g. a text-only server and no tokenizer): never trained on; counted
+                # with its reason and replaced by a fresh prompt for the same step.
+                self.drop_reasons["no_token_ids"] += 1
+                self.scheduler.replace_dropped(group.batch_index)
+                return
             self.buffer.put(group)
 
     def state_dict(self) -> dict:
