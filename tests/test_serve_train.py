@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from asympo.config import RolloutConfig, TrainConfig, apply_overrides
+from asympo.config import TrainConfig, apply_overrides
 from asympo.presets import preset_dict
 from asympo.serve import ServerProcess, free_port
 
@@ -115,8 +115,10 @@ def test_external_asympo_serve_with_disk_sync_and_model_path_notifier(tmp_path, 
     ],
 )
 def test_server_config_errors_name_the_fix(fields, match):
+    d = preset_dict("demo")
+    d["rollout"] = {**d["rollout"], **fields}
     with pytest.raises(ValueError, match=match):
-        RolloutConfig(**fields)
+        TrainConfig.from_dict(d)
 
 
 def test_unreachable_server_is_a_one_line_error_from_asympo_train(tmp_path, tiny_model_dir):

@@ -128,9 +128,9 @@ class RolloutConfig:
             raise ValueError("rollout.group_size must be >= 2: group-relative advantages need two responses")
         if not self.temperature > 0:
             raise ValueError(f"rollout.temperature must be > 0 for RL sampling, got {self.temperature}")
-        self._check_server()
 
-    def _check_server(self) -> None:
+    def check_server(self) -> None:
+        """The server and weight-sync fields (`TrainConfig` calls it after the engine/objective check)."""
         from asympo.engines.weight_sync import NOTIFIERS, WEIGHT_SYNCS
 
         if self.weight_sync not in WEIGHT_SYNCS:
@@ -257,6 +257,7 @@ class TrainConfig:
                 f"objective {self.learner.objective!r} needs behavior log-probs, which the openai engine does not "
                 "return; use rollout.engine=torch or vllm, or an objective that needs none (asympo, spo, naive)"
             )
+        self.rollout.check_server()
         if self.learner.temperature != self.rollout.temperature:
             raise ValueError(
                 f"learner.temperature ({self.learner.temperature}) must equal rollout.temperature "
