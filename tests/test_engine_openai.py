@@ -30,6 +30,7 @@ class FakeServer:
         self.long_text = False  # ignore max_tokens
         self.weight_calls: list[tuple[str, dict]] = []  # SGLang/vLLM weight routes, with their payloads
         self.reload_ok = True
+        self.reject_token_ids = False  # answer 400 to the field, like a strict OpenAI-schema server
         self.lock = threading.Lock()
         server = self
 
@@ -52,6 +53,8 @@ class FakeServer:
                     return
                 if self.path in ("/update_weights_from_disk", "/collective_rpc", "/reset_prefix_cache"):
                     return self._weights(body)
+                if server.reject_token_ids and "return_token_ids" in body:
+                    return self._send(400, b'{"error": "Unrecognized request argument: return_token_ids"}')
                 if server.raw_reply is not None:
                     return self._send(200, server.raw_reply)
                 prompt = body["messages"][0]["content"] if "messages" in body else body["prompt"]
@@ -239,6 +242,15 @@ def test_server_token_ids_are_used(server):
     out = OpenAIEngine(server.url, "tiny", tokenizer=tok).generate(["12+3="], SamplingParams(), n=2)
     assert server.requests[0][2]["return_token_ids"] is True
     assert [c.prompt_ids for c in out] == [[5, 6], [5, 6]] and [c.response_ids for c in out] == [[7], [7, 7]]
+
+
+def test_a_server_that_refuses_return_token_ids_is_asked_without_it_from_then_on(server):
+    server.reject_token_ids = True
+    engine = OpenAIEngine(server.url, "tiny", tokenizer=build_char_tokenizer())
+    assert engine.generate(["x"], SamplingParams())[0].text == "x|0"
+    engine.generate(["y"], SamplingParams())
+    sent = ["return_token_ids" in body for _, _, body in server.requests]
+    assert sent == [True, False, False]
 
 
 def test_no_token_ids_from_the_server_falls_back_to_the_tokenizer(server):
