@@ -124,6 +124,7 @@ class OpenAIEngine:
         self._single_choice = False  # set once the server is seen to ignore n
         self.last_sync_s = 0.0
         self.counts: dict[str, int] = {}  # what was repaired, by kind (see the module doc)
+        self._count_lock = threading.Lock()
 
     @property
     def policy_version(self) -> int:
@@ -176,15 +177,17 @@ class OpenAIEngine:
             if len(choices) >= n or n == 1:
                 return self._completions(prompt, response, headers, choices, n, sampling, version)
             # Fewer choices than n: the server ignores or caps n. Remember, and ask n times for one.
-            self._single_choice = True
-            log.warning(
-                "%s returned %d choices for n=%d; sending %d one-choice requests per prompt from now on",
-                self.url,
-                len(choices),
-                n,
-                n,
-            )
-            self.counts["single_choice_fallback"] = 1
+            with self._count_lock:  # prompts run concurrently: say it once
+                if not self._single_choice:
+                    self._single_choice = True
+                    self.counts["single_choice_fallback"] = 1
+                    log.warning(
+                        "%s returned %d choices for n=%d; sending %d one-choice requests per prompt from now on",
+                        self.url,
+                        len(choices),
+                        n,
+                        n,
+                    )
         out = []
         for i in range(n):
             response, headers = self._post(self._body(prompt, sampling, 1, index * n + i, version))
@@ -263,7 +266,7 @@ class OpenAIEngine:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             text = raw.decode("utf-8", errors="replace")
-            self.counts["invalid_utf8"] = self.counts.get("invalid_utf8", 0) + 1
+            self._count("invalid_utf8")
         try:
             parsed = json.loads(text)
         except json.JSONDecodeError:
@@ -312,7 +315,7 @@ class OpenAIEngine:
                 p_ids = self._tokenize(prompt, prompt=True)
             finish = choice.get("finish_reason")
             if finish is None:
-                self.counts["missing_finish_reason"] = self.counts.get("missing_finish_reason", 0) + 1
+                self._count("missing_finish_reason")
             if _int_list(ids):
                 response_ids = list(ids)
                 if finish is None:
@@ -329,7 +332,7 @@ class OpenAIEngine:
             if len(response_ids) > sampling.max_new_tokens:
                 # Longer than asked (a server that ignores max_tokens, or a re-tokenization that does not
                 # round-trip): keep what the sampler was allowed to produce.
-                self.counts["truncated"] = self.counts.get("truncated", 0) + 1
+                self._count("truncated")
                 response_ids = response_ids[: sampling.max_new_tokens]
                 finish = "length"
                 if self.tokenizer is not None:
@@ -359,6 +362,10 @@ class OpenAIEngine:
             raise OpenAIEngineError(f"{self.url} sent {field} of type {type(text).__name__}, not a string")
         # Lone surrogates (from "\ud800" escapes) cannot be tokenized or written: make them U+FFFD.
         return text.encode("utf-8", errors="replace").decode("utf-8")
+
+    def _count(self, kind: str) -> None:
+        with self._count_lock:
+            self.counts[kind] = self.counts.get(kind, 0) + 1
 
     def _tokenize(self, text: str, prompt: bool) -> list[int]:
         if self.tokenizer is None:
