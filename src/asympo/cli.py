@@ -16,8 +16,19 @@ import time
 from pathlib import Path
 
 from asympo import __version__
+from asympo.engines.openai import OpenAIEngineError
+from asympo.engines.weight_sync import WeightSyncError
+from asympo.runtime.buffer import BufferClosed
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError)
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    ImportError,
+    BufferClosed,
+    OpenAIEngineError,
+    WeightSyncError,
+)
 DISK_ERRNOS = {
     errno.ENOSPC,
     errno.EDQUOT,
@@ -438,6 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("objectives", help="list the built-in objectives and their hyperparameters")
     p.set_defaults(func=_cmd_objectives)
+
+    from asympo.serve import add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 

@@ -126,6 +126,15 @@ class RolloutConfig:
     """Torch threads per rollout worker process."""
     max_prompts_per_call: int = 16
     """Most prompts a worker batches into one generate call."""
+    serve: bool = False
+    """engine=openai only: start `asympo serve` on a free loopback port for this run and stop it at the end
+    (else engine_kwargs.base_url names your own server)."""
+    weight_sync: str = "asympo"
+    """engine=openai only: how weights reach the server. asympo (push to `asympo serve`) | disk (write
+    <out>/weights/v<N>/ and call weight_notifier) | none (frozen server; cannot train). See docs/engines.md."""
+    weight_notifier: str | None = None
+    """weight_sync=disk only: sglang (/update_weights_from_disk) | vllm (/collective_rpc reload_weights,
+    needs VLLM_SERVER_DEV_MODE=1) | model-path (requests name the weight directory in `model`)."""
 
     def __post_init__(self):
         if self.engine not in ENGINES:
@@ -152,6 +161,48 @@ class RolloutConfig:
         if not 0 < self.reward_timeout_s < math.inf:
             raise ValueError(
                 f"rollout.reward_timeout_s must be a finite number > 0, got {self.reward_timeout_s}"
+            )
+
+    def check_server(self) -> None:
+        """The server and weight-sync fields (`TrainConfig` calls it after the engine/objective check)."""
+        from asympo.engines.weight_sync import NOTIFIERS, WEIGHT_SYNCS
+
+        if self.weight_sync not in WEIGHT_SYNCS:
+            raise ValueError(
+                f"rollout.weight_sync must be one of {', '.join(WEIGHT_SYNCS)}, got {self.weight_sync!r}"
+            )
+        if self.weight_notifier is not None and self.weight_notifier not in NOTIFIERS:
+            raise ValueError(
+                f"rollout.weight_notifier must be one of {', '.join(NOTIFIERS)}, got {self.weight_notifier!r}"
+            )
+        if self.engine != "openai":
+            if self.serve:
+                raise ValueError(
+                    "rollout.serve=true starts an OpenAI-compatible server; set rollout.engine=openai"
+                )
+            return
+        if self.weight_sync == "none":
+            raise ValueError(
+                "rollout.weight_sync=none leaves the server's weights frozen, so training could not change what "
+                "it samples; use asympo (asympo serve) or disk with a weight_notifier"
+            )
+        if self.weight_sync == "disk" and self.weight_notifier is None:
+            raise ValueError(
+                f"rollout.weight_sync=disk needs rollout.weight_notifier, one of {', '.join(NOTIFIERS)}"
+            )
+        if self.serve and "base_url" in self.engine_kwargs:
+            raise ValueError(
+                "rollout.serve=true starts its own server; drop engine_kwargs.base_url (or set serve=false)"
+            )
+        if not self.serve and "base_url" not in self.engine_kwargs:
+            raise ValueError(
+                "rollout.engine=openai needs a server: --set rollout.serve=true (start asympo serve) or "
+                "engine_kwargs.base_url (e.g. http://127.0.0.1:8000/v1)"
+            )
+        if self.num_workers != 1:
+            raise ValueError(
+                "rollout.engine=openai drives one server from one worker (rollout.num_workers=1); raise "
+                "engine_kwargs.concurrency for more requests in flight"
             )
 
 
@@ -275,6 +326,7 @@ class TrainConfig:
                 f"objective {self.learner.objective!r} needs behavior log-probs, which the openai engine does not "
                 "return; use rollout.engine=torch or vllm, or an objective that needs none (asympo, spo, naive)"
             )
+        self.rollout.check_server()
         if self.learner.temperature != self.rollout.temperature:
             raise ValueError(
                 f"learner.temperature ({self.learner.temperature}) must equal rollout.temperature "

@@ -386,6 +386,11 @@ def train(
         max_new_tokens=cfg.rollout.max_new_tokens,
         return_logprobs=cfg.learner.needs_behavior_logp,
     )
+    engine_kwargs, server = dict(cfg.rollout.engine_kwargs), None
+    if cfg.rollout.engine == "openai":  # weight sync, and `asympo serve` when rollout.serve is set
+        from asympo.serve import openai_engine_kwargs
+
+        engine_kwargs, server = openai_engine_kwargs(cfg, model_path, out)
     spec = WorkerSpec(
         engine=cfg.rollout.engine,
         model_path=model_path,
@@ -399,12 +404,17 @@ def train(
             **cfg.rollout.engine_kwargs,
         }
         if cfg.rollout.engine == "torch"
-        else dict(cfg.rollout.engine_kwargs),
+        else engine_kwargs,
         reward_workers=cfg.rollout.reward_workers,
         reward_timeout_s=cfg.rollout.reward_timeout_s,
         threads=cfg.rollout.threads,
     )
-    backend = make_backend(cfg, spec, scheduler)
+    try:
+        backend = make_backend(cfg, spec, scheduler)
+    except BaseException:
+        if server is not None:
+            server.close()
+        raise
     start_step = 0
     if ckpt is not None:
         learner_state, trainer_state = load_training_state(ckpt)
@@ -466,6 +476,7 @@ def train(
             m["step"] = step
             m["time/wait"] = batch.time_wait
             m["time/generate"] = sum(g.time_generate for g in batch.groups)
+            m["time/weight_sync"] = sum(g.time_weight_sync for g in batch.groups)
             m["throughput/tokens_per_s"] = m["batch/response_tokens"] / max(
                 1e-9, m["time/train"] + batch.time_wait
             )
@@ -499,6 +510,8 @@ def train(
     finally:
         bar.close()
         backend.close()
+        if server is not None:
+            server.close()
         if failed:
             close_outputs()
     try:

@@ -81,7 +81,16 @@ def worker_spec(spec: WorkerSpec, buffer_cfg: BufferConfig) -> WorkerSpec:
 def build_worker(spec: WorkerSpec, worker_id: int = 0) -> RolloutWorker:
     from asympo.engines import make_engine
 
-    engine = make_engine(spec.engine, model=spec.model_path, **spec.engine_kwargs)
+    if spec.engine == "openai":
+        # The server's `model` is its served name (engine_kwargs), not our path; the model's own tokenizer
+        # gives token ids when the server returns none, and model_dir lends config/tokenizer to disk sync.
+        from asympo.models.tokenizer import load_tokenizer
+
+        kwargs = {"model_dir": spec.model_path, **spec.engine_kwargs}
+        kwargs.setdefault("tokenizer", load_tokenizer(spec.model_path))
+        engine = make_engine("openai", **kwargs)
+    else:
+        engine = make_engine(spec.engine, model=spec.model_path, **spec.engine_kwargs)
     if spec.sampling.return_logprobs and not engine.supports_logprobs:
         raise ValueError(f"engine {spec.engine!r} cannot return the log-probs this objective needs")
     scorer = make_scorer(spec.reward, spec.reward_workers, spec.reward_timeout_s)
@@ -111,6 +120,12 @@ class BackendBase:
             self.scheduler.done(group.group_id)
             self.reward_timeouts += group.reward_timeouts
             self.reward_errors += group.reward_errors
+            if any(not s.prompt_ids or not s.response_ids for s in group.samples):
+                # No tokens to score (e.g. a text-only server and no tokenizer): never trained on; counted
+                # with its reason and replaced by a fresh prompt for the same step.
+                self.drop_reasons["no_token_ids"] += 1
+                self.scheduler.replace_dropped(group.batch_index)
+                return
             self.buffer.put(group)
 
     def state_dict(self) -> dict:

@@ -23,6 +23,8 @@ from collections import deque
 
 import torch
 
+from asympo.engines.openai import OpenAIEngineError
+from asympo.engines.weight_sync import WeightSyncError
 from asympo.runtime.backend import BackendBase, DispatchingBackend, WorkerSpec, build_worker, worker_spec
 from asympo.runtime.buffer import BufferConfig
 from asympo.runtime.records import Batch, PromptTask
@@ -102,6 +104,8 @@ def _worker_main(
             result_q.put(("groups", worker_id, worker.run(ready)))
     except KeyboardInterrupt:
         pass
+    except (OpenAIEngineError, WeightSyncError) as e:  # a server's one-line error says it all
+        result_q.put(("error", worker_id, str(e)))
     except BaseException:
         result_q.put(("error", worker_id, traceback.format_exc()))
 

@@ -52,6 +52,8 @@ class RolloutGroup:
     policy_version: int
     samples: list[Sample]
     time_generate: float = 0.0
+    time_weight_sync: float = 0.0
+    """Seconds the worker spent loading this group's weights into its engine (a server's sync included)."""
     reward_timeouts: int = 0
     reward_errors: int = 0
     worker: int = 0

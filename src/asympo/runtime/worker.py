@@ -53,8 +53,12 @@ class RolloutWorker:
             by_version.setdefault(v, []).append(t)
         out: list[RolloutGroup] = []
         for version in sorted(by_version):
+            t0 = time.monotonic()
             self._load(version)
-            out += self._generate(by_version[version])
+            sync_s = time.monotonic() - t0
+            groups = self._generate(by_version[version])
+            groups[0].time_weight_sync = sync_s  # once per load, so a batch's sum counts each load once
+            out += groups
         self.store.prune(self.store.newest - self.keep_versions + 1)
         return out
 
