@@ -100,6 +100,9 @@ class RolloutConfig:
     """Torch threads per rollout worker process."""
     max_prompts_per_call: int = 16
     """Most prompts a worker batches into one generate call."""
+    max_restarts: int = 3
+    """How often each rollout worker (process or Ray actor) is restarted after dying (its prompts are
+    re-queued); one more death stops the run with the reason. 0 = never restart."""
 
     def __post_init__(self):
         if self.engine not in ENGINES:
@@ -115,6 +118,8 @@ class RolloutConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"rollout.{name} must be an int >= 1, got {v!r}")
+        if not isinstance(self.max_restarts, int) or self.max_restarts < 0:
+            raise ValueError(f"rollout.max_restarts must be an int >= 0, got {self.max_restarts!r}")
         if self.group_size < 2:
             raise ValueError("rollout.group_size must be >= 2: group-relative advantages need two responses")
         if not self.temperature > 0:

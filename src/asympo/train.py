@@ -27,6 +27,7 @@ from asympo.engines.base import SamplingParams
 from asympo.learner import Learner
 from asympo.runtime.backend import Backend, WorkerSpec
 from asympo.runtime.scheduler import PromptScheduler
+from asympo.runtime.staleness import make_policy
 
 Callback = Callable[[dict], None]
 
@@ -123,28 +124,29 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def make_backend(cfg: TrainConfig, spec: WorkerSpec, scheduler: PromptScheduler) -> Backend:
+    """The rollout side of the run; the scheduler carries the staleness policy every part asks."""
     if cfg.backend == "ray":
         from asympo.runtime.ray import RayBackend
 
         return RayBackend(
             spec,
             scheduler,
-            cfg.buffer,
             num_workers=cfg.rollout.num_workers,
             max_tasks_per_call=cfg.rollout.max_prompts_per_call,
+            max_restarts=cfg.rollout.max_restarts,
             ray_address=cfg.ray.address,
             worker_resources=cfg.ray.worker_resources or None,
         )
     from asympo.runtime.local import InlineBackend, ProcessBackend
 
     if cfg.mode == "sync":
-        return InlineBackend(spec, scheduler, cfg.buffer)
+        return InlineBackend(spec, scheduler)
     return ProcessBackend(
         spec,
         scheduler,
-        cfg.buffer,
         num_workers=cfg.rollout.num_workers,
         max_tasks_per_call=cfg.rollout.max_prompts_per_call,
+        max_restarts=cfg.rollout.max_restarts,
     )
 
 
@@ -275,9 +277,8 @@ def train(
         train_problems,
         prompts_per_step=cfg.rollout.prompts_per_step,
         group_size=cfg.rollout.group_size,
-        buffer=cfg.buffer,
+        policy=make_policy(cfg.buffer, cfg.mode),
         seed=cfg.seed,
-        synchronous=cfg.mode == "sync",
     )
     sampling = SamplingParams(
         temperature=cfg.rollout.temperature,
