@@ -20,7 +20,13 @@ from pathlib import Path
 
 import torch
 
-from asympo.checkpoint import atomic_write_text, latest_checkpoint, load_training_state, save_checkpoint
+from asympo.checkpoint import (
+    atomic_write_text,
+    latest_checkpoint,
+    load_training_state,
+    load_weight_history,
+    save_checkpoint,
+)
 from asympo.config import TrainConfig
 from asympo.data.problem import Problem
 from asympo.engines.base import SamplingParams
@@ -245,7 +251,8 @@ def train(
     out = Path(cfg.out)
     validate(cfg)
     ckpt_root = out / "checkpoints"
-    ckpt = latest_checkpoint(ckpt_root) if resume else None
+    # The newest intact checkpoint: damaged newer ones are skipped with a warning naming them.
+    ckpt = latest_checkpoint(ckpt_root, strict=True) if resume else None
     if resume and ckpt is None:
         raise FileNotFoundError(f"--resume: no checkpoint under {ckpt_root}")
     if not resume and (out / "metrics.jsonl").exists():
@@ -299,19 +306,23 @@ def train(
         threads=cfg.rollout.threads,
     )
     backend = make_backend(cfg, spec, scheduler)
-    start_step = 0
+    start_step, history = 0, None
     if ckpt is not None:
         learner_state, trainer_state = load_training_state(ckpt)
         learner.load_state_dict(learner_state)
         backend.load_state_dict(trainer_state["backend"])
+        history = load_weight_history(ckpt)  # older versions the re-issued in-flight tasks need
         start_step = trainer_state["step"]
-        for name in ("metrics.jsonl", "eval.jsonl"):
+        for name in ("metrics.jsonl", "eval.jsonl", "groups.jsonl"):
             _truncate_jsonl(out / name, start_step)
 
     evaluator = HeldOutEval(cfg, learner.model, tokenizer, eval_problems)
     learner.model.train()  # the engine wrapper put it in eval mode
     metrics_log = JsonlWriter(out / "metrics.jsonl")
     eval_log = JsonlWriter(out / "eval.jsonl")
+    # Which groups each step trained on and dropped (with the reason): the audit trail of the promise that
+    # every prompt is trained on or dropped with a reason, none twice, across restarts and resumes.
+    groups_log = JsonlWriter(out / "groups.jsonl")
     pass1_before = None
 
     def run_eval(step: int) -> float:
@@ -327,7 +338,7 @@ def train(
         pass1_before = run_eval(0)
     bar = _Progress(cfg.steps, start_step, enabled=progress)
     last: dict = {}
-    backend.start(learner.model.state_dict(), learner.version)
+    backend.start(learner.model.state_dict(), learner.version, history=history)
     try:
         for step in range(start_step, cfg.steps):
             batch = backend.next_batch(learner.version, cfg.rollout.prompts_per_step)
@@ -341,6 +352,13 @@ def train(
             )
             m.update(backend.metrics())
             metrics_log.write(m)
+            groups_log.write(
+                {
+                    "step": step,
+                    "trained": [g.group_id for g in batch.groups],
+                    "dropped": [[d.group_id, d.reason] for d in batch.dropped],
+                }
+            )
             last = m
             for cb in callbacks:
                 cb({"event": "step", **m})
@@ -355,6 +373,7 @@ def train(
                     tokenizer=tokenizer,
                     learner_state=learner.state_dict(),
                     trainer_state={"backend": backend.state_dict()},
+                    weight_history=backend.history(),
                     keep=cfg.keep_checkpoints,
                 )
             bar.update(m)
@@ -365,6 +384,7 @@ def train(
     evaluator.pool.close()
     metrics_log.close()
     eval_log.close()
+    groups_log.close()
     wall = time.monotonic() - t_start
     summary = {
         "pass1_before": pass1_before,
