@@ -200,3 +200,46 @@ def test_sigkill_then_resume_is_exact_in_fixed_delay_mode(tmp_path, tiny_model_d
     assert [x["step"] for x in b] == list(range(steps))
     assert untimed(a) == untimed(b)
     assert_same_weights(final_weights(tmp_path / "whole"), final_weights(out))
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_in_async_mode_trains_every_prompt_once_or_drops_it(tmp_path, tiny_model_dir):
+    """Async mode (rollout processes): after a SIGKILL and `--resume`, every group id ever issued is trained
+    on exactly once (groups.jsonl), dropped with a reason, or still pending in the final checkpoint."""
+    out, steps = tmp_path / "async", 9
+    extra = ["mode=async", "buffer.max_staleness=1", SLOW_REWARD]
+    run_and_kill(train_args(out, tiny_model_dir, steps, *extra), out, after_step=4)
+    r = cli("train", "--out", str(out), "--resume", "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    ledger = lines(out / "groups.jsonl")
+    assert [x["step"] for x in ledger] == list(range(steps))
+    assert [x["step"] for x in lines(out / "metrics.jsonl")] == list(range(steps))
+    trained = [g for x in ledger for g in x["trained"]]
+    dropped = [g for x in ledger for g, reason in x["dropped"] if reason]
+    final = json.loads((out / "checkpoints" / f"step_{steps:08d}" / "trainer_state.json").read_text())
+    backend = final["backend"]
+    pending = [g["group_id"] for g in backend["buffer"]["groups"]]
+    pending += [t["group_id"] for t in backend["scheduler"]["requeue"]]
+    accounted = trained + dropped + pending
+    assert sorted(accounted) == list(range(backend["scheduler"]["next_group_id"]))  # none lost, none twice
+    assert len(trained) == steps * 4
+
+
+@pytest.mark.slow
+def test_resume_skips_a_damaged_checkpoint_and_stops_clearly_when_none_is_intact(tmp_path, tiny_model_dir):
+    out = tmp_path / "run"
+    r = cli(*train_args(out, tiny_model_dir, 6, "mode=sync"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    newest = out / "checkpoints" / "step_00000006"
+    data = (newest / "model.safetensors").read_bytes()
+    (newest / "model.safetensors").write_bytes(data[: len(data) // 2])  # a torn copy, as a full disk leaves
+    r = cli("train", "--out", str(out), "--resume", "--steps", "8", "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    warnings = [x for x in r.stderr.splitlines() if "is damaged" in x]
+    assert len(warnings) == 1 and "step_00000006" in warnings[0] and "model.safetensors" in warnings[0]
+    assert [x["step"] for x in lines(out / "metrics.jsonl")] == list(range(8))  # resumed from step 3
+    for c in (out / "checkpoints").glob("step_*"):
+        (c / "optimizer.safetensors").write_bytes(b"\0" * 10)
+    r = cli("train", "--out", str(out), "--resume", "--steps", "10", "--no-progress")
+    assert r.returncode == 2
+    assert "asympo: error: no intact checkpoint under" in r.stderr and "Traceback" not in r.stderr
