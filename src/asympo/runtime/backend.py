@@ -111,7 +111,14 @@ class BackendBase:
         dropped = []
         while True:
             remaining = None if deadline is None else max(1e-3, deadline - time.monotonic())
-            ready, drops = self.buffer.take(n_groups, learner_version, timeout=remaining)
+            try:
+                ready, drops = self.buffer.take(n_groups, learner_version, timeout=remaining)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"no batch of {n_groups} groups for learner version {learner_version} after "
+                    f"{timeout:.0f}s ({len(self.buffer)} groups buffered, {len(dropped)} dropped as stale "
+                    "meanwhile); are the rollout workers alive and is the staleness bound reachable?"
+                ) from None
             with self.lock:
                 for _ in drops:
                     self.scheduler.replace_dropped(learner_version)
