@@ -103,25 +103,30 @@ class BackendBase:
         self.max_restarts = max_restarts  # per worker; one that dies more often stops the run
         self.restarts: Counter[int] = Counter()  # worker index -> restarts after dying
 
+    def _take_once(self, learner_version: int, n_groups: int, timeout: float | None):
+        """`buffer.take`, then a fresh prompt for the current step in place of each group it dropped (the
+        scheduler issues it with its next `issue`)."""
+        ready, drops = self.buffer.take(n_groups, learner_version, timeout=timeout)
+        with self.lock:
+            for _ in drops:
+                self.scheduler.replace_dropped(learner_version)
+        return ready, drops
+
     def _take(self, learner_version: int, n_groups: int, timeout: float | None) -> Batch:
-        """Wait for the batch the policy admits; each group it drops is replaced by a fresh prompt for
-        the current step (the scheduler issues it with the next `issue`)."""
+        """Wait (up to `timeout` seconds in all) for the batch the policy admits at `learner_version`."""
         t0 = time.monotonic()
         deadline = None if timeout is None else t0 + timeout
         dropped = []
         while True:
             remaining = None if deadline is None else max(1e-3, deadline - time.monotonic())
             try:
-                ready, drops = self.buffer.take(n_groups, learner_version, timeout=remaining)
+                ready, drops = self._take_once(learner_version, n_groups, remaining)
             except TimeoutError:
                 raise TimeoutError(
                     f"no batch of {n_groups} groups for learner version {learner_version} after "
                     f"{timeout:.0f}s ({len(self.buffer)} groups buffered, {len(dropped)} dropped as stale "
                     "meanwhile); are the rollout workers alive and is the staleness bound reachable?"
                 ) from None
-            with self.lock:
-                for _ in drops:
-                    self.scheduler.replace_dropped(learner_version)
             dropped += drops
             if ready is not None:
                 return Batch(ready, learner_version, time.monotonic() - t0, dropped)

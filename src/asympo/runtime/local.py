@@ -55,10 +55,7 @@ class InlineBackend(BackendBase):
         t0 = time.monotonic()
         dropped = []
         while True:
-            ready, drops = self.buffer.take(n_groups, learner_version, timeout=0)
-            with self.lock:
-                for _ in drops:
-                    self.scheduler.replace_dropped(learner_version)
+            ready, drops = self._take_once(learner_version, n_groups, timeout=0)
             dropped += drops
             if ready is not None:
                 return Batch(ready, learner_version, time.monotonic() - t0, dropped)

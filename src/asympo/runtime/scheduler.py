@@ -2,9 +2,9 @@
 
 The scheduler owns the data position: prompts are drawn epoch by epoch in a seeded shuffled order, each
 issued once as a `PromptTask` for a learner step (`batch_index`). How far ahead it issues and which weights
-a task asks for are the staleness policy's answers (`asympo.runtime.staleness`). It tracks every task in flight so that
-a dead worker's prompts are re-queued, a checkpoint can save them (nothing is silently skipped on resume),
-and a group dropped for staleness is replaced by a fresh prompt for the current step.
+a task asks for are the staleness policy's answers (`asympo.runtime.staleness`). It tracks every task in
+flight so that a dead worker's prompts are re-queued, a checkpoint can save them (nothing is silently
+skipped on resume), and a group dropped for staleness is replaced by a fresh prompt for the current step.
 """
 
 from __future__ import annotations
