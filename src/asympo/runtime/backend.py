@@ -160,7 +160,13 @@ class BackendBase:
     def load_state_dict(self, state: dict) -> None:
         with self.lock:
             self.scheduler.load_state_dict(state["scheduler"])
-            self.buffer.load_state_dict(state["buffer"])
+            buffer = state["buffer"]
+            if isinstance(buffer, list):  # a checkpoint from before the staleness policy had a state
+                buffer = {
+                    "policy": {"params": None, "dropped": state.get("drop_reasons", {})},
+                    "groups": buffer,
+                }
+            self.buffer.load_state_dict(buffer)
 
     def metrics(self) -> dict[str, float]:
         with self.lock:

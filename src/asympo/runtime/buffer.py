@@ -136,5 +136,5 @@ class StalenessBuffer:
     def load_state_dict(self, state: dict) -> None:
         with self._cond:
             check_resumable(self.policy, state["policy"])
-            self.state = PolicyState(**state["policy"])
+            self.state = PolicyState(**{**state["policy"], "params": self.policy.params()})
             self._groups.extend(RolloutGroup.from_json(g) for g in state["groups"])
