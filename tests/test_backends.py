@@ -14,12 +14,13 @@ from asympo.runtime.backend import WorkerSpec
 from asympo.runtime.buffer import BufferConfig
 from asympo.runtime.local import InlineBackend, ProcessBackend
 from asympo.runtime.scheduler import PromptScheduler
+from asympo.runtime.staleness import make_policy
 
 PROBLEMS = arithmetic_problems(ArithmeticConfig(n_train=200, n_test=10), "train")
 N, G = 2, 3
 
 
-def make(kind, model_dir, buffer, *, logprobs=False, reward_workers=0):
+def make(kind, model_dir, buffer, *, logprobs=False, reward_workers=0, max_restarts=3):
     spec = WorkerSpec(
         engine="torch",
         model_path=str(model_dir),
@@ -27,16 +28,16 @@ def make(kind, model_dir, buffer, *, logprobs=False, reward_workers=0):
         sampling=SamplingParams(temperature=1.0, max_new_tokens=4, return_logprobs=logprobs),
         reward_workers=reward_workers,
     )
-    sched = PromptScheduler(
-        PROBLEMS, prompts_per_step=N, group_size=G, buffer=buffer, seed=1, synchronous=kind == "inline"
-    )
+    policy = make_policy(buffer, "sync" if kind == "inline" else "async")
+    sched = PromptScheduler(PROBLEMS, prompts_per_step=N, group_size=G, policy=policy, seed=1)
     if kind == "inline":
-        return InlineBackend(spec, sched, buffer)
+        return InlineBackend(spec, sched)
+    kw = dict(num_workers=1, batch_timeout_s=120, max_restarts=max_restarts)
     if kind == "ray":
         from asympo.runtime.ray import RayBackend
 
-        return RayBackend(spec, sched, buffer, num_workers=1, batch_timeout_s=120)
-    return ProcessBackend(spec, sched, buffer, num_workers=1, batch_timeout_s=120)
+        return RayBackend(spec, sched, **kw)
+    return ProcessBackend(spec, sched, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +118,7 @@ def test_state_dict_keeps_every_prompt(kind, tiny_model_dir):
     finally:
         backend.close()
     seen = {g.group_id for b in trained for g in b.groups}
-    buffered = {g["group_id"] for g in saved["buffer"]}
+    buffered = {g["group_id"] for g in saved["buffer"]["groups"]}
     requeued = {r["group_id"] for r in saved["scheduler"]["requeue"]}
     issued = set(range(saved["scheduler"]["next_group_id"]))
     assert seen | buffered | requeued == issued  # nothing lost
@@ -158,8 +159,8 @@ def test_worker_error_reaches_the_learner(tmp_path):
         reward="arithmetic",
         sampling=SamplingParams(max_new_tokens=2),
     )
-    sched = PromptScheduler(PROBLEMS, prompts_per_step=1, group_size=2, buffer=BufferConfig())
-    backend = ProcessBackend(spec, sched, BufferConfig(), batch_timeout_s=60)
+    sched = PromptScheduler(PROBLEMS, prompts_per_step=1, group_size=2, policy=make_policy(BufferConfig()))
+    backend = ProcessBackend(spec, sched, batch_timeout_s=60)
     try:
         backend.start({"w": torch.zeros(1)}, 0)
         with pytest.raises(Exception, match="rollout worker 0 failed"):
@@ -180,3 +181,42 @@ def test_rollout_workers_run_a_reward_pool_and_leave_no_process_behind(tiny_mode
         backend.close()
     assert all(len(b.groups) == N for b in batches)
     assert not proc.is_alive() and proc.exitcode == 0
+
+
+def kill_worker(backend, kind) -> None:
+    """SIGKILL the process of rollout worker 0 (a Ray actor's worker process, for Ray)."""
+    if kind == "ray":
+        import ray
+
+        pid = ray.get(backend.slots[0].actor.ready.remote(), timeout=120)
+    else:
+        pid = backend.workers[0].process.pid
+    os.kill(pid, 9)
+
+
+@pytest.mark.parametrize("backend_kind", ["process", "ray"])
+def test_worker_that_keeps_dying_stops_the_run_with_the_reason(backend_kind, ray_cluster, tiny_model_dir):
+    """Both backends: a killed worker is restarted (its prompts re-queued) up to rollout.max_restarts
+    times; one more death stops the run and the learner hears why."""
+    from asympo.runtime.buffer import BufferClosed
+
+    if backend_kind == "ray" and not ray_cluster:
+        pytest.importorskip("ray")
+        from asympo.runtime.ray import init_ray
+
+        ray_cluster["started"] = init_ray(num_cpus=2)
+    backend = make(backend_kind, tiny_model_dir, BufferConfig(max_staleness=1), max_restarts=1)
+    state = weights(tiny_model_dir)
+    try:
+        backend.start(state, 0)
+        backend.next_batch(0, N)
+        kill_worker(backend, backend_kind)
+        drive(backend, state, 2, start=1)  # the restarted worker serves steps 1 and 2
+        assert backend.metrics()["workers/restarts"] == 1
+        kill_worker(backend, backend_kind)
+        with pytest.raises(BufferClosed, match=r"rollout worker 0 died .*max_restarts=1"):
+            for v in range(3, 50):
+                backend.next_batch(v, N)
+                backend.publish(state, v + 1)
+    finally:
+        backend.close()

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from asympo.checkpoint import (
+    CheckpointError,
     atomic_write_text,
     latest_checkpoint,
     list_checkpoints,
     load_training_state,
+    load_weight_history,
     save_checkpoint,
+    verify_checkpoint,
 )
 
 
@@ -101,3 +110,106 @@ def test_missing_checkpoint():
     assert latest_checkpoint("/nonexistent/dir") is None
     with pytest.raises(FileNotFoundError):
         load_training_state("/nonexistent/dir")
+
+
+def three_checkpoints(root, **kw):
+    model = tiny_model()
+    opt, sched = trained_state(model)
+    ls = {"version": 1, "optimizer": opt.state_dict(), "lr_sched": sched.state_dict()}
+    return [
+        save_checkpoint(root, step, model=model, learner_state=ls, trainer_state={}, keep=3, **kw)
+        for step in (1, 2, 3)
+    ]
+
+
+def truncate(f):
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+
+
+def flip_byte(f):
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage,problem",
+    [
+        (lambda c: truncate(c / "model.safetensors"), "model.safetensors has .* bytes, the manifest says"),
+        (lambda c: flip_byte(c / "optimizer.safetensors"), "optimizer.safetensors does not match its sha256"),
+        (lambda c: (c / "trainer_state.json").unlink(), "trainer_state.json is missing"),
+        (lambda c: (c / "manifest.json").unlink(), "has no manifest.json"),
+        (lambda c: (c / "manifest.json").write_text("{"), "manifest.json is unreadable"),
+    ],
+)
+def test_damaged_newest_checkpoint_falls_back_with_a_warning(tmp_path, caplog, damage, problem):
+    ckpts = three_checkpoints(tmp_path)
+    assert all(verify_checkpoint(c) is None for c in ckpts)
+    damage(ckpts[-1])
+    assert re.search(problem, verify_checkpoint(ckpts[-1]))
+    with caplog.at_level(logging.WARNING, logger="asympo.checkpoint"):
+        assert latest_checkpoint(tmp_path, strict=True) == ckpts[1]
+    (warning,) = caplog.records
+    assert "step_00000003 is damaged" in warning.getMessage() and "\n" not in warning.getMessage()
+
+
+def test_no_intact_checkpoint_is_a_clear_error(tmp_path):
+    for c in three_checkpoints(tmp_path):
+        truncate(c / "model.safetensors")
+    assert latest_checkpoint(tmp_path) is None
+    with pytest.raises(
+        CheckpointError, match=r"no intact checkpoint under .*step_00000001/model.safetensors"
+    ):
+        latest_checkpoint(tmp_path, strict=True)
+    assert isinstance(CheckpointError("x"), ValueError)  # the CLI reports it as a user error, exit 2
+
+
+def test_weight_history_round_trip_and_is_covered_by_the_manifest(tmp_path):
+    history = {v: {"w": torch.full((2, 3), float(v)), "b": torch.arange(3.0) + v} for v in (4, 5)}
+    ckpt = three_checkpoints(tmp_path, weight_history=history)[-1]
+    loaded = load_weight_history(ckpt)
+    assert list(loaded) == [4, 5]
+    for v in (4, 5):
+        assert set(loaded[v]) == {"w", "b"}
+        assert all(torch.equal(loaded[v][k], history[v][k]) for k in ("w", "b"))
+    assert "weights_v4.safetensors" in json.loads((ckpt / "manifest.json").read_text())["files"]
+    truncate(ckpt / "weights_v4.safetensors")
+    assert "weights_v4.safetensors" in verify_checkpoint(ckpt)
+
+
+KILL_DURING_WRITE = """
+import os, signal, sys
+import safetensors.torch as st
+import asympo.checkpoint as ck
+sys.path.insert(0, {tests!r})
+from test_checkpoint import three_checkpoints, tiny_model, trained_state
+
+root = sys.argv[1]
+three_checkpoints(root)
+real = st.save_file
+
+def torn(tensors, path, *a, **k):  # write half of the file, then die as a SIGKILL would
+    real(tensors, path, *a, **k)
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    os.kill(os.getpid(), signal.SIGKILL)
+
+ck.save_file = torn
+model = tiny_model()
+opt, sched = trained_state(model)
+ls = {{"version": 4, "optimizer": opt.state_dict(), "lr_sched": sched.state_dict()}}
+ck.save_checkpoint(root, 4, model=model, learner_state=ls, trainer_state={{}}, keep=3)
+"""
+
+
+def test_kill_during_a_checkpoint_write_leaves_the_previous_one_intact(tmp_path):
+    tests = str(Path(__file__).parent)
+    script = KILL_DURING_WRITE.format(tests=tests)
+    r = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".step_00000004")]  # the torn write
+    assert latest_checkpoint(tmp_path, strict=True).name == "step_00000003"
+    assert verify_checkpoint(tmp_path / "step_00000003") is None

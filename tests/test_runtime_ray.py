@@ -26,6 +26,7 @@ from asympo.runtime.buffer import BufferConfig  # noqa: E402
 from asympo.runtime.ray import RayBackend, actor_options, init_ray  # noqa: E402
 from asympo.runtime.records import RolloutGroup  # noqa: E402
 from asympo.runtime.scheduler import PromptScheduler  # noqa: E402
+from asympo.runtime.staleness import make_policy  # noqa: E402
 
 N, G = 4, 2  # prompts per step, samples per prompt
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=4)
@@ -84,9 +85,11 @@ def make_backend(tiny, problems, buffer: BufferConfig, reward="arithmetic", **kw
     spec = WorkerSpec(
         engine="torch", model_path=path, sampling=GREEDY, reward=reward, engine_kwargs={"device": "cpu"}
     )
-    scheduler = PromptScheduler(problems, prompts_per_step=N, group_size=G, buffer=buffer, seed=0)
+    scheduler = PromptScheduler(
+        problems, prompts_per_step=N, group_size=G, policy=make_policy(buffer), seed=0
+    )
     kw.setdefault("batch_timeout_s", 120)
-    return RayBackend(spec, scheduler, buffer, **kw)
+    return RayBackend(spec, scheduler, **kw)
 
 
 def train(backend: RayBackend, base: dict, start: int, steps: int) -> list[list[RolloutGroup]]:
@@ -202,7 +205,7 @@ def test_drop_policy_drops_stale_groups_and_accounts_for_every_prompt(cluster, t
     assert dropped >= N and dropped == len(backend.buffer.dropped)
     trained = [g.group_id for gs in steps for g in gs]
     state = backend.state_dict()
-    pending = [g["group_id"] for g in state["buffer"]] + [
+    pending = [g["group_id"] for g in state["buffer"]["groups"]] + [
         r["group_id"] for r in state["scheduler"]["requeue"]
     ]
     accounted = trained + [r.group_id for r in backend.buffer.dropped] + pending
@@ -238,14 +241,14 @@ def test_state_dict_round_trip_keeps_buffered_groups_and_inflight_prompts(cluste
         state = json.loads(json.dumps(a.state_dict()))
     finally:
         a.close()
-    buffered = {g["group_id"] for g in state["buffer"]}
+    buffered = {g["group_id"] for g in state["buffer"]["groups"]}
     inflight = {r["group_id"] for r in state["scheduler"]["requeue"]}
     assert buffered and inflight and not buffered & inflight
     assert buffered | inflight == set(range(2 * N))  # steps 0 and 1 were issued, nothing else
 
     b = make_backend(tiny, problems, buffer)
     b.load_state_dict(state)
-    assert [g.to_json() for g in b.buffer.pending()] == state["buffer"]
+    assert [g.to_json() for g in b.buffer.pending()] == state["buffer"]["groups"]
     b.start(weights(tiny[2], 0), 0)
     try:
         steps = train(b, tiny[2], 0, 3)
@@ -278,7 +281,7 @@ def test_killed_actor_is_restarted_with_old_weights_and_its_prompts_requeued(clu
         wait_until(lambda: slot.call is not None)
         with backend.lock:
             lost = sorted(t.group_id for t in slot.tasks)
-            lost_versions = {t.exact_version for t in slot.tasks}
+            lost_versions = {t.versions.exact for t in slot.tasks}
         ray.kill(slot.actor)
         steps += train(backend, tiny[2], 3, 3)
         assert backend.slots[0].actor is not slot.actor

@@ -4,19 +4,28 @@ Layout of `DIR/checkpoints/step_00000040/`:
 - the model in HF format (`config.json`, `model.safetensors`) and its tokenizer, so `from_pretrained` and
   `asympo eval --model` load it directly;
 - `optimizer.safetensors` + `optimizer.json`: the optimiser's tensors and the rest of its state;
-- `trainer_state.json`: step, learner version, RNG states, the scheduler's data position, prompts in flight
-  and the rollout groups still buffered (so resume neither skips nor loses a prompt).
+- `trainer_state.json`: step, learner version, RNG states, the scheduler's data position, prompts in flight,
+  the rollout groups still buffered and the staleness policy's state (so resume neither skips nor loses a
+  prompt);
+- `weights_v<N>.safetensors`: the older weight versions that work in flight still needs (fixed-delay mode
+  generates step k with version k - d, so a resume needs the d versions before the checkpoint's);
+- `manifest.json`: the size and sha256 of every other file, written last inside the temporary directory.
 
 Each checkpoint is written to a temporary directory, every file fsync'ed, then renamed into place; the
-`latest` pointer is replaced atomically the same way. Nothing is ever unpickled.
+`latest` pointer is replaced atomically the same way. A resume verifies the manifest and falls back to the
+newest intact checkpoint (`latest_checkpoint`). Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import random
+import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -25,6 +34,14 @@ from safetensors.torch import load_file, save_file
 from asympo.files import atomic_write_text, fsync_dir  # atomic_write_text: re-exported for callers
 
 STEP_PREFIX = "step_"
+MANIFEST = "manifest.json"
+_WEIGHTS = re.compile(r"^weights_v(\d+)\.safetensors$")
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """No intact checkpoint to resume from (each damaged one is named with what is wrong)."""
 
 
 def _umask() -> int:
@@ -82,9 +99,12 @@ def save_checkpoint(
     tokenizer=None,
     learner_state: dict,
     trainer_state: dict,
+    weight_history: Mapping[int, Mapping[str, torch.Tensor]] | None = None,
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint `step` under `root` atomically and keep only the newest `keep`."""
+    """Write checkpoint `step` under `root` atomically and keep only the newest `keep`.
+
+    `weight_history` = {version: state dict} of older weight versions in-flight work still needs."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{STEP_PREFIX}{step:08d}"
@@ -104,6 +124,12 @@ def save_checkpoint(
     (tmp / "trainer_state.json").write_text(
         json.dumps({**trainer_state, "step": step, "version": learner_state["version"]})
     )
+    for v, state in (weight_history or {}).items():
+        save_file(
+            {k: t.detach().cpu().contiguous() for k, t in state.items()}, tmp / f"weights_v{v}.safetensors"
+        )
+    # Written last: a manifest means every file it lists was complete when it was written.
+    (tmp / MANIFEST).write_text(json.dumps({"files": _describe(tmp)}, indent=1))
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
@@ -120,6 +146,43 @@ def save_checkpoint(
     return final
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _describe(ckpt: Path) -> dict[str, dict]:
+    """{relative path: {size, sha256}} of every file in `ckpt` except the manifest."""
+    return {
+        str(f.relative_to(ckpt)): {"size": f.stat().st_size, "sha256": _sha256(f)}
+        for f in sorted(ckpt.rglob("*"))
+        if f.is_file() and f.name != MANIFEST
+    }
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """None if checkpoint `path` is intact, else what is wrong with it (one line)."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())["files"]
+    except FileNotFoundError:
+        return f"{path.name} has no {MANIFEST}"
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        return f"{path.name}/{MANIFEST} is unreadable ({e})"
+    for name, want in manifest.items():
+        f = path / name
+        if not f.is_file():
+            return f"{path.name}/{name} is missing"
+        if f.stat().st_size != want["size"]:
+            return f"{path.name}/{name} has {f.stat().st_size} bytes, the manifest says {want['size']}"
+        if _sha256(f) != want["sha256"]:
+            return f"{path.name}/{name} does not match its sha256 in the manifest"
+    return None
+
+
 def list_checkpoints(root: Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
@@ -127,15 +190,35 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX))
 
 
-def latest_checkpoint(root: Path) -> Path | None:
-    """The newest complete checkpoint under `root` (temporary directories are never complete)."""
-    pointer = Path(root) / "latest"
-    if pointer.exists():
-        p = Path(root) / pointer.read_text().strip()
-        if (p / "trainer_state.json").exists():
+def latest_checkpoint(root: Path, *, strict: bool = False) -> Path | None:
+    """The newest intact checkpoint under `root`, or None if there is none.
+
+    Damaged ones (a file missing, truncated or changed since its manifest was written) are skipped with a
+    one-line warning each; temporary directories of interrupted writes are never checkpoints. With
+    `strict=True`, checkpoints that exist but are all damaged raise `CheckpointError` instead of None."""
+    damaged = []
+    for p in reversed(list_checkpoints(root)):
+        problem = verify_checkpoint(p)
+        if problem is None:
             return p
-    ckpts = [p for p in list_checkpoints(root) if (p / "trainer_state.json").exists()]
-    return ckpts[-1] if ckpts else None
+        log.warning("checkpoint %s is damaged (%s); trying the one before it", p, problem)
+        damaged.append(problem)
+    if strict and damaged:
+        raise CheckpointError(
+            f"no intact checkpoint under {root}: " + "; ".join(damaged) + ". Start a new run with another "
+            "--out (or without --resume), or restore the checkpoint files from a backup"
+        )
+    return None
+
+
+def load_weight_history(path: Path) -> dict[int, dict[str, torch.Tensor]]:
+    """{version: state dict} of the older weight versions saved with checkpoint `path`."""
+    out = {}
+    for f in Path(path).iterdir():
+        m = _WEIGHTS.match(f.name)
+        if m:
+            out[int(m.group(1))] = load_file(f)
+    return dict(sorted(out.items()))
 
 
 def load_training_state(path: Path) -> tuple[dict, dict]:

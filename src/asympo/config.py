@@ -135,6 +135,9 @@ class RolloutConfig:
     weight_notifier: str | None = None
     """weight_sync=disk only: sglang (/update_weights_from_disk) | vllm (/collective_rpc reload_weights,
     needs VLLM_SERVER_DEV_MODE=1) | model-path (requests name the weight directory in `model`)."""
+    max_restarts: int = 3
+    """How often each rollout worker (process or Ray actor) is restarted after dying (its prompts are
+    re-queued); one more death stops the run with the reason. 0 = never restart."""
 
     def __post_init__(self):
         if self.engine not in ENGINES:
@@ -150,6 +153,8 @@ class RolloutConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"rollout.{name} must be an int >= 1, got {v!r}")
+        if not isinstance(self.max_restarts, int) or self.max_restarts < 0:
+            raise ValueError(f"rollout.max_restarts must be an int >= 0, got {self.max_restarts!r}")
         if self.group_size < 2:
             raise ValueError("rollout.group_size must be >= 2: group-relative advantages need two responses")
         if not 0 < self.temperature < math.inf:

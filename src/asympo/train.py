@@ -20,7 +20,13 @@ from pathlib import Path
 
 import torch
 
-from asympo.checkpoint import atomic_write_text, latest_checkpoint, load_training_state, save_checkpoint
+from asympo.checkpoint import (
+    atomic_write_text,
+    latest_checkpoint,
+    load_training_state,
+    load_weight_history,
+    save_checkpoint,
+)
 from asympo.config import TrainConfig
 from asympo.data.problem import Problem
 from asympo.engines.base import SamplingParams
@@ -31,6 +37,7 @@ from asympo.lora import policy_copy, policy_state_dict
 from asympo.modelpath import check_model_path
 from asympo.runtime.backend import Backend, WorkerSpec
 from asympo.runtime.scheduler import PromptScheduler
+from asympo.runtime.staleness import make_policy
 
 Callback = Callable[[dict], None]
 
@@ -158,28 +165,29 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def make_backend(cfg: TrainConfig, spec: WorkerSpec, scheduler: PromptScheduler) -> Backend:
+    """The rollout side of the run; the scheduler carries the staleness policy every part asks."""
     if cfg.backend == "ray":
         from asympo.runtime.ray import RayBackend
 
         return RayBackend(
             spec,
             scheduler,
-            cfg.buffer,
             num_workers=cfg.rollout.num_workers,
             max_tasks_per_call=cfg.rollout.max_prompts_per_call,
+            max_restarts=cfg.rollout.max_restarts,
             ray_address=cfg.ray.address,
             worker_resources=cfg.ray.worker_resources or None,
         )
     from asympo.runtime.local import InlineBackend, ProcessBackend
 
     if cfg.mode == "sync":
-        return InlineBackend(spec, scheduler, cfg.buffer)
+        return InlineBackend(spec, scheduler)
     return ProcessBackend(
         spec,
         scheduler,
-        cfg.buffer,
         num_workers=cfg.rollout.num_workers,
         max_tasks_per_call=cfg.rollout.max_prompts_per_call,
+        max_restarts=cfg.rollout.max_restarts,
     )
 
 
@@ -347,7 +355,8 @@ def train(
     out = Path(cfg.out)
     validate(cfg)
     ckpt_root = out / "checkpoints"
-    ckpt = latest_checkpoint(ckpt_root) if resume else None
+    # The newest intact checkpoint: damaged newer ones are skipped with a warning naming them.
+    ckpt = latest_checkpoint(ckpt_root, strict=True) if resume else None
     if resume and ckpt is None:
         raise FileNotFoundError(f"--resume: no checkpoint under {ckpt_root}")
     if not resume and (out / "metrics.jsonl").exists():
@@ -376,9 +385,8 @@ def train(
         train_problems,
         prompts_per_step=cfg.rollout.prompts_per_step,
         group_size=cfg.rollout.group_size,
-        buffer=cfg.buffer,
+        policy=make_policy(cfg.buffer, cfg.mode),
         seed=cfg.seed,
-        synchronous=cfg.mode == "sync",
     )
     sampling = SamplingParams(
         temperature=cfg.rollout.temperature,
@@ -415,13 +423,14 @@ def train(
         if server is not None:
             server.close()
         raise
-    start_step = 0
+    start_step, history = 0, None
     if ckpt is not None:
         learner_state, trainer_state = load_training_state(ckpt)
         learner.load_state_dict(learner_state)
         backend.load_state_dict(trainer_state["backend"])
+        history = load_weight_history(ckpt)  # older versions the re-issued in-flight tasks need
         start_step = trainer_state["step"]
-        for name in ("metrics.jsonl", "eval.jsonl"):
+        for name in ("metrics.jsonl", "eval.jsonl", "groups.jsonl"):
             _truncate_jsonl(out / name, start_step)
 
     evaluator = HeldOutEval(cfg, learner.model, tokenizer, eval_problems)
@@ -430,6 +439,9 @@ def train(
     callbacks = [*callbacks, *loggers]
     metrics_log = JsonlWriter(out / "metrics.jsonl")
     eval_log = JsonlWriter(out / "eval.jsonl")
+    # Which groups each step trained on and dropped (with the reason): the audit trail of the promise that
+    # every prompt is trained on or dropped with a reason, none twice, across restarts and resumes.
+    groups_log = JsonlWriter(out / "groups.jsonl")
     pass1_before = None
 
     def log_eval(step: int, res: dict, seconds: float) -> float:
@@ -454,10 +466,11 @@ def train(
         evaluator.close()  # waits for a background evaluation still running
         metrics_log.close()
         eval_log.close()
+        groups_log.close()
         for logger in loggers:
             logger.close()
 
-    backend.start(policy_state_dict(learner.model), learner.version)
+    backend.start(policy_state_dict(learner.model), learner.version, history=history)
     failed = True
     try:
         for step in range(start_step, cfg.steps):
@@ -482,6 +495,13 @@ def train(
             )
             m.update(backend.metrics())
             metrics_log.write(m)
+            groups_log.write(
+                {
+                    "step": step,
+                    "trained": [g.group_id for g in batch.groups],
+                    "dropped": [[d.group_id, d.reason] for d in batch.dropped],
+                }
+            )
             last = m
             for cb in callbacks:
                 cb({"event": "step", **m})
@@ -503,6 +523,7 @@ def train(
                     tokenizer=tokenizer,
                     learner_state=learner.state_dict(),
                     trainer_state={"backend": backend.state_dict()},
+                    weight_history=backend.history(),
                     keep=cfg.keep_checkpoints,
                 )
             bar.update(m)

@@ -7,24 +7,30 @@ and the staleness buffer. The learner only calls `start`, `next_batch`, `publish
 
 from __future__ import annotations
 
-import dataclasses
 import threading
+import time
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from asympo.engines.base import SamplingParams
-from asympo.runtime.buffer import BufferConfig, StalenessBuffer
-from asympo.runtime.records import Batch, DropRecord, RolloutGroup
+from asympo.runtime.buffer import StalenessBuffer
+from asympo.runtime.records import Batch, RolloutGroup
 from asympo.runtime.scheduler import PromptScheduler
+from asympo.runtime.staleness import SYNC, StalenessPolicy
 from asympo.runtime.sync import State
 from asympo.runtime.worker import RolloutWorker, Scorer
 
 
 class Backend(Protocol):
-    def start(self, state: State, version: int) -> None:
-        """Start the rollout side with the learner's initial weights."""
+    def start(self, state: State, version: int, history: dict[int, State] | None = None) -> None:
+        """Start the rollout side with the learner's weights `version`, and (after a resume) the older
+        versions in-flight work still needs (`history`, from the checkpoint)."""
+
+    def history(self) -> dict[int, State]:
+        """The weight versions older than the newest that in-flight work may still need (what a
+        checkpoint must keep; the staleness policy's `keep_from` decides)."""
 
     def publish(self, state: State, version: int) -> None:
         """Make weights `version` available to the rollout workers."""
@@ -55,8 +61,8 @@ class WorkerSpec:
     reward_workers: int = 0
     reward_timeout_s: float = 5.0
     threads: int = 1
-    keep_versions: int = 1
-    """Weight versions a worker holds; the backends set it from the buffer config (`worker_spec`)."""
+    policy: StalenessPolicy = SYNC
+    """The run's staleness policy: which weight versions a worker uses and keeps."""
 
 
 def make_scorer(reward: str, num_workers: int = 0, timeout_s: float = 5.0) -> Scorer:
@@ -70,12 +76,6 @@ def make_scorer(reward: str, num_workers: int = 0, timeout_s: float = 5.0) -> Sc
         return result.rewards, {"timeouts": result.timeouts, "errors": result.errors}
 
     return score
-
-
-def worker_spec(spec: WorkerSpec, buffer_cfg: BufferConfig) -> WorkerSpec:
-    """`spec` with the weight history its workers must keep: fixed-delay tasks (re-queued ones included)
-    ask for exact versions up to `fixed_delay` behind the newest."""
-    return dataclasses.replace(spec, keep_versions=(buffer_cfg.fixed_delay or 0) + 1)
 
 
 def build_worker(spec: WorkerSpec, worker_id: int = 0) -> RolloutWorker:
@@ -94,26 +94,51 @@ def build_worker(spec: WorkerSpec, worker_id: int = 0) -> RolloutWorker:
     if spec.sampling.return_logprobs and not engine.supports_logprobs:
         raise ValueError(f"engine {spec.engine!r} cannot return the log-probs this objective needs")
     scorer = make_scorer(spec.reward, spec.reward_workers, spec.reward_timeout_s)
-    return RolloutWorker(engine, scorer, spec.sampling, worker_id=worker_id, keep_versions=spec.keep_versions)
+    return RolloutWorker(engine, scorer, spec.sampling, worker_id=worker_id, policy=spec.policy)
 
 
 class BackendBase:
-    """Scheduler + buffer bookkeeping shared by the backends."""
+    """Scheduler + buffer bookkeeping shared by the backends, under one lock."""
 
-    def __init__(self, scheduler: PromptScheduler, buffer_cfg: BufferConfig):
+    def __init__(self, scheduler: PromptScheduler, *, max_restarts: int = 3):
+        if not isinstance(max_restarts, int) or max_restarts < 0:
+            raise ValueError(f"rollout.max_restarts must be an int >= 0, got {max_restarts!r}")
         self.scheduler = scheduler
-        self.buffer_cfg = buffer_cfg
+        self.policy = scheduler.policy
         self.lock = threading.RLock()
-        self.buffer = StalenessBuffer(buffer_cfg, on_drop=self._on_drop)
-        self.drop_reasons: Counter[str] = Counter()
+        self.buffer = StalenessBuffer(self.policy, lock=self.lock)
         self.reward_timeouts = 0
         self.reward_errors = 0
-        self.restarts = 0  # rollout workers restarted after dying
+        self.max_restarts = max_restarts  # per worker; one that dies more often stops the run
+        self.restarts: Counter[int] = Counter()  # worker index -> restarts after dying
 
-    def _on_drop(self, rec: DropRecord, learner_version: int) -> None:
+    def _take_once(self, learner_version: int, n_groups: int, timeout: float | None):
+        """`buffer.take`, then a fresh prompt for the current step in place of each group it dropped (the
+        scheduler issues it with its next `issue`)."""
+        ready, drops = self.buffer.take(n_groups, learner_version, timeout=timeout)
         with self.lock:
-            self.drop_reasons[rec.reason] += 1
-            self.scheduler.replace_dropped(learner_version)
+            for _ in drops:
+                self.scheduler.replace_dropped(learner_version)
+        return ready, drops
+
+    def _take(self, learner_version: int, n_groups: int, timeout: float | None) -> Batch:
+        """Wait (up to `timeout` seconds in all) for the batch the policy admits at `learner_version`."""
+        t0 = time.monotonic()
+        deadline = None if timeout is None else t0 + timeout
+        dropped = []
+        while True:
+            remaining = None if deadline is None else max(1e-3, deadline - time.monotonic())
+            try:
+                ready, drops = self._take_once(learner_version, n_groups, remaining)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"no batch of {n_groups} groups for learner version {learner_version} after "
+                    f"{timeout:.0f}s ({len(self.buffer)} groups buffered, {len(dropped)} dropped as stale "
+                    "meanwhile); are the rollout workers alive and is the staleness bound reachable?"
+                ) from None
+            dropped += drops
+            if ready is not None:
+                return Batch(ready, learner_version, time.monotonic() - t0, dropped)
 
     def _arrived(self, group: RolloutGroup) -> None:
         with self.lock:
@@ -128,28 +153,43 @@ class BackendBase:
                 return
             self.buffer.put(group)
 
+    def _worker_died(self, index: int, why: str, lost: list[int]) -> bool:
+        """Book a dead worker: its prompts are re-queued; True if it may be restarted, else the run stops
+        (the learner's `next_batch` raises `BufferClosed` with the reason)."""
+        with self.lock:
+            self.scheduler.requeue(lost)
+            if self.restarts[index] >= self.max_restarts:
+                self.buffer.close(
+                    f"rollout worker {index} died ({why}) after {self.restarts[index]} restarts already "
+                    f"(rollout.max_restarts={self.max_restarts}); stopping the run. Its output above says "
+                    "why; raise rollout.max_restarts if the deaths are transient"
+                )
+                return False
+            self.restarts[index] += 1
+            return True
+
     def state_dict(self) -> dict:
         with self.lock:
-            return {
-                "scheduler": self.scheduler.state_dict(),
-                "buffer": [g.to_json() for g in self.buffer.pending()],
-                "drop_reasons": dict(self.drop_reasons),
-            }
+            return {"scheduler": self.scheduler.state_dict(), "buffer": self.buffer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         with self.lock:
             self.scheduler.load_state_dict(state["scheduler"])
-            for g in state["buffer"]:
-                self.buffer.put(RolloutGroup.from_json(g))
-            self.drop_reasons.update(state.get("drop_reasons", {}))
+            buffer = state["buffer"]
+            if isinstance(buffer, list):  # a checkpoint from before the staleness policy had a state
+                buffer = {
+                    "policy": {"params": None, "dropped": state.get("drop_reasons", {})},
+                    "groups": buffer,
+                }
+            self.buffer.load_state_dict(buffer)
 
     def metrics(self) -> dict[str, float]:
         with self.lock:
-            out = {f"dropped/{k}": float(v) for k, v in self.drop_reasons.items()}
+            out = {f"dropped/{k}": float(v) for k, v in self.buffer.state.dropped.items()}
             out["reward/timeouts"] = float(self.reward_timeouts)
             out["reward/errors"] = float(self.reward_errors)
             out["buffer/size"] = float(len(self.buffer))
-            out["workers/restarts"] = float(self.restarts)
+            out["workers/restarts"] = float(sum(self.restarts.values()))
             return out
 
 
@@ -158,8 +198,10 @@ class DispatchingBackend(BackendBase):
     (the process and Ray backends): `_dispatch_once` issues, sends and collects; the learner only waits on
     the buffer."""
 
-    def __init__(self, scheduler: PromptScheduler, buffer_cfg: BufferConfig, batch_timeout_s: float):
-        super().__init__(scheduler, buffer_cfg)
+    def __init__(self, scheduler: PromptScheduler, *, batch_timeout_s: float, max_restarts: int = 3):
+        super().__init__(scheduler, max_restarts=max_restarts)
+        if not batch_timeout_s > 0:
+            raise ValueError(f"batch_timeout_s must be > 0, got {batch_timeout_s!r}")
         self.batch_timeout_s = batch_timeout_s
         self._learner_version = 0
         self._stop = threading.Event()
@@ -177,7 +219,7 @@ class DispatchingBackend(BackendBase):
     def next_batch(self, learner_version: int, n_groups: int) -> Batch:
         with self.lock:
             self._learner_version = learner_version
-        return self.buffer.get_batch(n_groups, learner_version, timeout=self.batch_timeout_s)
+        return self._take(learner_version, n_groups, timeout=self.batch_timeout_s)
 
     def _dispatch_loop(self) -> None:
         try:

@@ -20,13 +20,13 @@ import queue as queue_mod
 import time
 import traceback
 from collections import deque
+from dataclasses import replace
 
 import torch
 
 from asympo.engines.openai import OpenAIEngineError
 from asympo.engines.weight_sync import WeightSyncError
-from asympo.runtime.backend import BackendBase, DispatchingBackend, WorkerSpec, build_worker, worker_spec
-from asympo.runtime.buffer import BufferConfig
+from asympo.runtime.backend import BackendBase, DispatchingBackend, WorkerSpec, build_worker
 from asympo.runtime.records import Batch, PromptTask
 from asympo.runtime.scheduler import PromptScheduler
 from asympo.runtime.sync import InProcessSync, State, drain, snapshot
@@ -35,26 +35,32 @@ from asympo.runtime.sync import InProcessSync, State, drain, snapshot
 class InlineBackend(BackendBase):
     """Generate in the learner's process when the learner asks for a batch."""
 
-    def __init__(self, spec: WorkerSpec, scheduler: PromptScheduler, buffer_cfg: BufferConfig):
-        super().__init__(scheduler, buffer_cfg)
-        self.worker = build_worker(worker_spec(spec, buffer_cfg), worker_id=0)
-        keep = (buffer_cfg.fixed_delay or 0) + 1
-        self.sync = InProcessSync(self.worker.store, keep=keep)
+    def __init__(self, spec: WorkerSpec, scheduler: PromptScheduler):
+        super().__init__(scheduler)
+        self.worker = build_worker(replace(spec, policy=scheduler.policy), worker_id=0)
+        self.sync = InProcessSync(self.worker.store, scheduler.policy)
         self._waiting: deque[PromptTask] = deque()
 
-    def start(self, state: State, version: int) -> None:
+    def start(self, state: State, version: int, history: dict[int, State] | None = None) -> None:
+        for v in sorted(history or {}):
+            self.worker.store.add(v, history[v])
         self.publish(state, version)
 
     def publish(self, state: State, version: int) -> None:
         self.sync.publish(state, version)
 
+    def history(self) -> dict[int, State]:
+        newest = self.worker.store.newest
+        return {v: s for v, s in self.worker.store.versions.items() if v != newest}
+
     def next_batch(self, learner_version: int, n_groups: int) -> Batch:
         t0 = time.monotonic()
+        dropped = []
         while True:
-            batch = self.buffer.try_get_batch(n_groups, learner_version)
-            if batch is not None:
-                batch.time_wait = time.monotonic() - t0
-                return batch
+            ready, drops = self._take_once(learner_version, n_groups, timeout=0)
+            dropped += drops
+            if ready is not None:
+                return Batch(ready, learner_version, time.monotonic() - t0, dropped)
             with self.lock:
                 self._waiting.extend(self.scheduler.issue(learner_version))
             # Only what this step needs is generated now; later steps' tasks wait their turn.
@@ -135,32 +141,32 @@ class ProcessBackend(DispatchingBackend):
         self,
         spec: WorkerSpec,
         scheduler: PromptScheduler,
-        buffer_cfg: BufferConfig,
         *,
         num_workers: int = 1,
         max_tasks_per_call: int = 16,
         batch_timeout_s: float = 1800.0,
         max_restarts: int = 3,
     ):
-        super().__init__(scheduler, buffer_cfg, batch_timeout_s)
+        super().__init__(scheduler, batch_timeout_s=batch_timeout_s, max_restarts=max_restarts)
         if num_workers < 1:
             raise ValueError(f"rollout.num_workers must be >= 1, got {num_workers}")
-        self.spec = worker_spec(spec, buffer_cfg)
+        self.spec = replace(spec, policy=scheduler.policy)
         self.num_workers = num_workers
         self.max_tasks = max_tasks_per_call
-        self.max_restarts = max_restarts  # per worker; a worker that keeps dying stops the run
         self._ctx = torch.multiprocessing.get_context("spawn")
         self.workers: list[_WorkerHandle] = []
         self._history: dict[int, State] = {}  # published versions a (re)started worker may still need
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self, state: State, version: int) -> None:
+    def start(self, state: State, version: int, history: dict[int, State] | None = None) -> None:
         # Non-daemonic workers: make sure they are told to stop even if the caller never calls close().
         atexit.register(self.close)
         self.workers = [
             _WorkerHandle(self._ctx, self.spec, i, self.max_tasks) for i in range(self.num_workers)
         ]
+        for v in sorted(history or {}):
+            self._add_version(snapshot(history[v], share_memory=True), v)
         self.publish(state, version)
         self._start_dispatcher("asympo-dispatch")
 
@@ -182,15 +188,22 @@ class ProcessBackend(DispatchingBackend):
     # ------------------------------------------------------------------ learner side
 
     def publish(self, state: State, version: int) -> None:
-        shared = snapshot(state, share_memory=True)
+        self._add_version(snapshot(state, share_memory=True), version)
+        with self.lock:
+            self._learner_version = version
+
+    def _add_version(self, shared: State, version: int) -> None:
         with self.lock:
             self._history[version] = shared
-            keep_from = version - (self.buffer_cfg.fixed_delay or 0)
-            for v in [v for v in self._history if v < keep_from]:
+            for v in [v for v in self._history if v < self.policy.keep_from(version)]:
                 del self._history[v]
             for w in self.workers:
                 w.weight_q.put((version, shared))
-            self._learner_version = version
+
+    def history(self) -> dict[int, State]:
+        with self.lock:
+            newest = max(self._history, default=None)
+            return {v: s for v, s in self._history.items() if v != newest}
 
     # ------------------------------------------------------------------ dispatcher thread
 
@@ -230,18 +243,12 @@ class ProcessBackend(DispatchingBackend):
         for i, w in enumerate(self.workers):
             if w.process.is_alive() or self._stop.is_set():
                 continue
-            # A dead worker: restart it, re-queue its prompts, and give it the weights it may need.
-            if self.restarts >= self.max_restarts * self.num_workers:
-                self.buffer.close(
-                    f"rollout worker {i} died (exit code {w.process.exitcode}) after {self.restarts} restarts "
-                    "already; giving up (see its output above)"
-                )
+            # A dead worker: re-queue its prompts, restart it and give it the weights it may need.
+            lost = sorted(w.outstanding)
+            if not self._worker_died(i, f"exit code {w.process.exitcode}", lost):
                 self._stop.set()
                 return
             with self.lock:
-                lost = sorted(w.outstanding)
-                self.scheduler.requeue(lost)
-                self.restarts += 1
                 new = _WorkerHandle(self._ctx, self.spec, i, self.max_tasks)
                 for v in sorted(self._history):
                     new.weight_q.put((v, self._history[v]))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -34,7 +34,6 @@ except ImportError as e:  # pragma: no cover - exercised by a test that hides ra
     ) from e
 
 from asympo.runtime.backend import DispatchingBackend, WorkerSpec, build_worker
-from asympo.runtime.buffer import BufferConfig
 from asympo.runtime.records import PromptTask, RolloutGroup
 from asympo.runtime.scheduler import PromptScheduler
 from asympo.runtime.sync import State, WeightStore
@@ -118,36 +117,22 @@ def actor_options(spec: WorkerSpec, worker_resources: dict | None) -> dict:
 # ---------------------------------------------------------------------------------------------- actor
 
 
-class _RefStore(WeightStore):
-    """A worker's weight versions as object-store references, materialised only when a task uses them.
-
-    Only the learner prunes it (`forget_before`): a re-queued task may need an older version than the last
-    call of this actor used, so `RolloutWorker.run`'s own pruning is disabled here.
-    """
-
-    def prune(self, keep_from: int) -> None:
-        pass
-
-    def forget_before(self, keep_from: int) -> None:
-        super().prune(keep_from)
-
-
 class RolloutActor:
     """A rollout worker in a Ray actor (wrapped with `ray.remote` below)."""
 
     def __init__(self, spec: WorkerSpec, worker_id: int):
         torch.set_num_threads(spec.threads)
+        # The store holds object-store references, materialised only for the versions a call uses.
         self.worker = build_worker(spec, worker_id)
-        self.worker.store = _RefStore()
 
     def ready(self) -> int:
         """Returns (the process id) once the worker is built."""
         return os.getpid()
 
-    def add_weights(self, version: int, ref: list, keep_from: int) -> None:
+    def add_weights(self, version: int, ref: list) -> None:
         """Hold weights `version` (`ref` = [ObjectRef], wrapped so that Ray does not fetch it yet)."""
         self.worker.store.add(version, ref[0])
-        self.worker.store.forget_before(keep_from)
+        self.worker.prune()
 
     def generate(self, tasks: list[PromptTask]) -> list[RolloutGroup]:
         store = self.worker.store
@@ -157,7 +142,7 @@ class RolloutActor:
             if v is None:
                 raise RuntimeError(
                     f"task {t.group_id} (step {t.batch_index}) was sent before its weights: "
-                    f"min_version={t.min_version}, exact_version={t.exact_version}, held {sorted(store.versions)}"
+                    f"{t.versions}, held {sorted(store.versions)}"
                 )
             versions.add(v)
         refs = {v: store.versions[v] for v in versions}
@@ -166,8 +151,9 @@ class RolloutActor:
                 store.versions[v] = ray.get(refs[v])
             return self.worker.run(tasks)
         finally:
-            # Keep references, not tensors: the engine holds the loaded weights, the object store the rest.
-            store.versions.update(refs)
+            # Keep references, not tensors: the engine holds the loaded weights, the object store the rest
+            # (for the versions the worker still holds after its own pruning).
+            store.versions.update({v: r for v, r in refs.items() if v in store.versions})
 
 
 _RemoteRolloutActor = ray.remote(max_restarts=0, max_task_retries=0)(RolloutActor)
@@ -194,26 +180,24 @@ class RayBackend(DispatchingBackend):
         self,
         spec: WorkerSpec,
         scheduler: PromptScheduler,
-        buffer_cfg: BufferConfig,
         *,
         num_workers: int = 1,
         max_tasks_per_call: int = 16,
         batch_timeout_s: float = 1800.0,
+        max_restarts: int = 3,
         ray_address: str | None = None,
         worker_resources: dict | None = None,
     ):
-        super().__init__(scheduler, buffer_cfg, batch_timeout_s)
+        super().__init__(scheduler, batch_timeout_s=batch_timeout_s, max_restarts=max_restarts)
         if not isinstance(num_workers, int) or num_workers < 1:
             raise ValueError(f"rollout.num_workers must be an int >= 1, got {num_workers!r}")
         if not isinstance(max_tasks_per_call, int) or max_tasks_per_call < 1:
             raise ValueError(f"rollout.max_prompts_per_call must be an int >= 1, got {max_tasks_per_call!r}")
-        if not batch_timeout_s > 0:
-            raise ValueError(f"batch_timeout_s must be > 0, got {batch_timeout_s!r}")
-        self.spec = spec
+        self.spec = replace(spec, policy=scheduler.policy)
         self.num_workers = num_workers
         self.max_tasks = max_tasks_per_call
         self.ray_address = ray_address
-        self.options = actor_options(spec, worker_resources)
+        self.options = actor_options(self.spec, worker_resources)
         self.slots: list[_Slot] = []
         # Published versions (object refs) that a task or a restarted actor may still need.
         self._history = WeightStore()
@@ -223,7 +207,7 @@ class RayBackend(DispatchingBackend):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self, state: State, version: int) -> None:
+    def start(self, state: State, version: int, history: dict[int, State] | None = None) -> None:
         self._owns_ray = init_ray(self.ray_address)
         self.slots = [_Slot(i, self._spawn(i)) for i in range(self.num_workers)]
         # Wait for the workers to be built, so that a bad model path or engine fails here, clearly.
@@ -236,6 +220,8 @@ class RayBackend(DispatchingBackend):
             )
             self.close()
             raise RuntimeError(msg) from e
+        for v in sorted(history or {}):
+            self.publish(history[v], v)
         self.publish(state, version)
         self._start_dispatcher("asympo-ray-dispatch")
 
@@ -265,8 +251,13 @@ class RayBackend(DispatchingBackend):
         ref = ray.put({k: v.detach().to("cpu") for k, v in state.items()})
         with self.lock:
             self._history.add(version, ref)
-            self._history.prune(version - (self.buffer_cfg.fixed_delay or 0))
+            self._history.prune(self.policy.keep_from(version))
             self._learner_version = version
+
+    def history(self) -> dict[int, State]:
+        with self.lock:
+            refs = {v: r for v, r in self._history.versions.items() if v != self._history.newest}
+        return {v: ray.get(r) for v, r in refs.items()}
 
     # ------------------------------------------------------------------ dispatcher thread
 
@@ -303,10 +294,9 @@ class RayBackend(DispatchingBackend):
         Handing them over only when the actor takes work, rather than at every `publish`, keeps versions
         that a busy actor would never use from piling up (pinned) in the object store.
         """
-        keep_from = min(self._history.versions)
         for v in sorted(self._history.versions):
             if v > slot.newest:
-                slot.actor.add_weights.remote(v, [self._history.versions[v]], keep_from)
+                slot.actor.add_weights.remote(v, [self._history.versions[v]])
                 slot.newest = v
 
     def _collect(self) -> None:
@@ -325,7 +315,9 @@ class RayBackend(DispatchingBackend):
             except RayActorError as e:
                 if e.actor_init_failed:
                     raise RuntimeError(f"rollout actor {slot.index} could not be restarted: {e}") from e
-                self._restart(slot)
+                if not self._restart(slot, str(e).splitlines()[0] if str(e) else "actor died"):
+                    self._stop.set()
+                    return
                 continue
             except RayError as e:
                 self.buffer.close(f"rollout actor {slot.index} failed:\n{e}")
@@ -336,14 +328,14 @@ class RayBackend(DispatchingBackend):
             for g in groups:
                 self._arrived(g)
 
-    def _restart(self, slot: _Slot) -> None:
-        """A dead actor: re-queue its prompts and start a new one."""
+    def _restart(self, slot: _Slot, why: str) -> bool:
+        """A dead actor: re-queue its prompts and start a new one (False: it died too often, stop)."""
+        lost = [t.group_id for t in slot.tasks]
+        ray.kill(slot.actor, no_restart=True)  # it may be unreachable rather than dead
+        if not self._worker_died(slot.index, why, lost):
+            return False
+        log.warning("rollout actor %d died; restarting it, %d prompts re-queued", slot.index, len(lost))
         with self.lock:
-            self.scheduler.requeue([t.group_id for t in slot.tasks])
-            self.restarts += 1
-            log.warning(
-                "rollout actor %d died; restarting it, %d prompts re-queued", slot.index, len(slot.tasks)
-            )
-            ray.kill(slot.actor, no_restart=True)  # it may be unreachable rather than dead
             # The new actor is handed every version still published with its first call.
             self.slots[slot.index] = _Slot(slot.index, self._spawn(slot.index))
+        return True

@@ -9,22 +9,22 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from asympo.data.problem import Problem
+from asympo.runtime.staleness import NEWEST, VersionRule
 
 
 @dataclass(frozen=True)
 class PromptTask:
     """One group to generate: G samples of one problem.
 
-    `batch_index` is the learner step the group is meant for. `min_version`/`exact_version` are what the
-    staleness policy asks of the weights that generate it (None = whatever is newest).
+    `batch_index` is the learner step the group is meant for; `versions` is what the staleness policy asks
+    of the weights that generate it; `seed` makes its sampling reproducible (a function of `group_id`).
     """
 
     group_id: int
     problem: Problem
     group_size: int
     batch_index: int
-    min_version: int | None = None
-    exact_version: int | None = None
+    versions: VersionRule = NEWEST
     seed: int = 0
 
 
@@ -70,7 +70,7 @@ class RolloutGroup:
 
 @dataclass
 class DropRecord:
-    """A group that was not trained on, and why (`stale`, `worker_died`, `error`)."""
+    """A group that was not trained on, and why (`stale`: over the staleness bound at its step)."""
 
     group_id: int
     problem_id: str

@@ -1,9 +1,10 @@
 """Which prompt to generate next, for which step, with which weights — and which ones are in flight.
 
 The scheduler owns the data position: prompts are drawn epoch by epoch in a seeded shuffled order, each
-issued once as a `PromptTask` for a learner step (`batch_index`). It tracks every task in flight so that
-a dead worker's prompts are re-queued, a checkpoint can save them (nothing is silently skipped on resume),
-and a group dropped for staleness is replaced by a fresh prompt for the current step.
+issued once as a `PromptTask` for a learner step (`batch_index`). How far ahead it issues and which weights
+a task asks for are the staleness policy's answers (`asympo.runtime.staleness`). It tracks every task in
+flight so that a dead worker's prompts are re-queued, a checkpoint can save them (nothing is silently
+skipped on resume), and a group dropped for staleness is replaced by a fresh prompt for the current step.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import random
 from collections import deque
 
 from asympo.data.problem import Problem
-from asympo.runtime.buffer import BufferConfig
 from asympo.runtime.records import PromptTask
+from asympo.runtime.staleness import StalenessPolicy
 
 
 class PromptScheduler:
@@ -25,9 +26,8 @@ class PromptScheduler:
         *,
         prompts_per_step: int,
         group_size: int,
-        buffer: BufferConfig,
+        policy: StalenessPolicy,
         seed: int = 0,
-        synchronous: bool = False,
     ):
         if not problems:
             raise ValueError("the task has no training problems")
@@ -37,9 +37,8 @@ class PromptScheduler:
         self.problems = problems
         self._by_id = {p.id: p for p in problems}
         self.N, self.G = prompts_per_step, group_size
-        self.buffer = buffer
+        self.policy = policy
         self.seed = seed
-        self.synchronous = synchronous
         self.epoch, self.position = 0, 0
         self._order = self._epoch_order(0)
         self.next_group_id = 0
@@ -65,37 +64,21 @@ class PromptScheduler:
 
     # ------------------------------------------------------------------ issuing
 
-    def last_issuable_step(self, learner_version: int) -> int:
-        """The furthest step whose rollouts may start now without breaking the staleness rule."""
-        b = self.buffer
-        if self.synchronous and b.fixed_delay is None:
-            return learner_version
-        if b.fixed_delay is not None:
-            return learner_version + b.fixed_delay  # step k needs version k - d, published already
-        if b.policy == "wait":
-            return learner_version + b.max_staleness
-        return learner_version + b.max_ahead
-
-    def _version_rule(self, k: int) -> tuple[int | None, int | None]:
-        b = self.buffer
-        if b.fixed_delay is not None:
-            return None, max(0, k - b.fixed_delay)
-        if b.policy == "wait" or self.synchronous:
-            return max(0, k - (0 if self.synchronous else b.max_staleness)), None
-        return None, None
-
     def _make_task(self, problem: Problem, k: int) -> PromptTask:
-        min_v, exact_v = self._version_rule(k)
         gid = self.next_group_id
         self.next_group_id += 1
+        return self._task(gid, problem, k)
+
+    def _task(self, gid: int, problem: Problem, k: int) -> PromptTask:
+        # The sampling seed is a function of the group id, so a re-issued task generates the same text.
         seed = (self.seed * 1_000_003 + gid * 7919) % (2**31 - 1)
-        return PromptTask(gid, problem, self.G, k, min_v, exact_v, seed)
+        return PromptTask(gid, problem, self.G, k, self.policy.version_rule(k), seed)
 
     def issue(self, learner_version: int) -> list[PromptTask]:
         """Every task that may start now (re-queued ones first); they are tracked as in flight."""
         out = list(self._pending)
         self._pending.clear()
-        last = self.last_issuable_step(learner_version)
+        last = self.policy.last_issuable_step(learner_version)
         while self.next_batch <= last:
             out += [self._make_task(self._next_problem(), self.next_batch) for _ in range(self.N)]
             self.next_batch += 1
@@ -149,8 +132,4 @@ class PromptScheduler:
                 raise ValueError(
                     f"checkpoint refers to problem {r['problem_id']!r}, which the task no longer has"
                 )
-            min_v, exact_v = self._version_rule(r["batch_index"])
-            seed = (self.seed * 1_000_003 + r["group_id"] * 7919) % (2**31 - 1)
-            self._pending.append(
-                PromptTask(r["group_id"], problem, self.G, r["batch_index"], min_v, exact_v, seed)
-            )
+            self._pending.append(self._task(r["group_id"], problem, r["batch_index"]))

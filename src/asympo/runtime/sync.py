@@ -1,10 +1,8 @@
 """Versioned weight sync between the learner and the rollout workers.
 
 The learner publishes `(version, state_dict)` after its optimiser steps; each worker keeps the versions it
-may still need in a `WeightStore` and loads into its engine the one a task asks for:
-- a task with `exact_version` (fixed-delay studies) gets exactly that version;
-- a task with `min_version` (the `wait` staleness policy) gets the newest version, once it is ≥ min;
-- otherwise the newest version.
+may still need in a `WeightStore` and loads into its engine the one a task asks for. Which version that is,
+and which versions are still needed, the staleness policy decides (`asympo.runtime.staleness`).
 Transports: `InProcessSync` (same process); the process backend puts shared-memory snapshots on one queue
 per worker (`drain` moves them into the worker's store); the Ray backend passes object-store references.
 """
@@ -13,11 +11,11 @@ from __future__ import annotations
 
 import queue as queue_mod
 from collections.abc import Mapping
-from typing import Protocol
 
 import torch
 
 from asympo.runtime.records import PromptTask
+from asympo.runtime.staleness import StalenessPolicy, choose_version
 
 State = Mapping[str, torch.Tensor]
 
@@ -29,12 +27,6 @@ def snapshot(state: State, share_memory: bool = False) -> dict[str, torch.Tensor
         for v in out.values():
             v.share_memory_()
     return out
-
-
-class WeightSync(Protocol):
-    """Learner side of a weight transport."""
-
-    def publish(self, state: State, version: int) -> None: ...
 
 
 class WeightStore:
@@ -54,20 +46,7 @@ class WeightStore:
 
     def select(self, task: PromptTask) -> int | None:
         """The version to generate `task` with, or None if the right one has not arrived yet."""
-        if not self.versions:
-            return None
-        if task.exact_version is not None:
-            if task.exact_version in self.versions:
-                return task.exact_version
-            if self.newest > task.exact_version:
-                raise RuntimeError(
-                    f"task {task.group_id} needs weights version {task.exact_version}, which this worker "
-                    f"has already discarded (it holds {sorted(self.versions)})"
-                )
-            return None
-        if task.min_version is not None and self.newest < task.min_version:
-            return None
-        return self.newest
+        return choose_version(task.versions, self.versions, f"task {task.group_id}")
 
     def prune(self, keep_from: int) -> None:
         """Forget versions older than `keep_from` (never the newest)."""
@@ -79,14 +58,13 @@ class WeightStore:
 class InProcessSync:
     """Publish straight into a worker's store (the synchronous and study backends)."""
 
-    def __init__(self, store: WeightStore, keep: int | None = None):
+    def __init__(self, store: WeightStore, policy: StalenessPolicy):
         self.store = store
-        self.keep = keep  # how many recent versions to hold (fixed-delay needs d + 1); None = all
+        self.policy = policy
 
     def publish(self, state: State, version: int) -> None:
         self.store.add(version, snapshot(state))
-        if self.keep is not None:
-            self.store.prune(version - self.keep + 1)
+        self.store.prune(self.policy.keep_from(version))
 
 
 def drain(q, store: WeightStore, block: bool = False, timeout: float | None = None) -> int:

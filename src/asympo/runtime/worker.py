@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from asympo.engines.base import Engine, SamplingParams
 from asympo.runtime.records import PromptTask, RolloutGroup, Sample
+from asympo.runtime.staleness import SYNC, StalenessPolicy
 from asympo.runtime.sync import WeightStore
 
 # (completions, references) -> (rewards, {"timeouts": int, "errors": int})
@@ -25,16 +26,14 @@ class RolloutWorker:
         *,
         worker_id: int = 0,
         store: WeightStore | None = None,
-        keep_versions: int = 1,
+        policy: StalenessPolicy = SYNC,
     ):
         self.engine = engine
         self.scorer = scorer
         self.sampling = sampling
         self.worker_id = worker_id
         self.store = store if store is not None else WeightStore()
-        # How many recent versions to hold: fixed-delay tasks (re-queued ones included) ask for exact
-        # older versions, up to fixed_delay behind the newest.
-        self.keep_versions = keep_versions
+        self.policy = policy  # decides which versions the store must still hold
 
     def ready(self, task: PromptTask) -> bool:
         return self.store.select(task) is not None
@@ -59,8 +58,13 @@ class RolloutWorker:
             groups = self._generate(by_version[version])
             groups[0].time_weight_sync = sync_s  # once per load, so a batch's sum counts each load once
             out += groups
-        self.store.prune(self.store.newest - self.keep_versions + 1)
+        self.prune()
         return out
+
+    def prune(self) -> None:
+        """Forget the weight versions no task can ask for any more."""
+        if self.store.newest is not None:
+            self.store.prune(self.policy.keep_from(self.store.newest))
 
     def _generate(self, tasks: list[PromptTask]) -> list[RolloutGroup]:
         t0 = time.monotonic()
