@@ -1,0 +1,56 @@
+"""The multi-rank learner's building blocks: FSDP2 on CPU with gloo, 2 ranks (docs/design.md, "Scale")."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from asympo.distributed import SINGLE, DistContext, ParallelConfig, RankFailed, launch, load_sharded
+from tests import dist_fns
+
+
+def test_parallel_config_validates():
+    assert not ParallelConfig().enabled
+    assert ParallelConfig(kind="fsdp2", procs=2).enabled
+    with pytest.raises(ValueError, match="needs kind='fsdp2'"):
+        ParallelConfig(procs=2)
+    with pytest.raises(ValueError, match="learner.parallel.kind"):
+        ParallelConfig(kind="ddp")
+    with pytest.raises(ValueError, match="learner.parallel.procs"):
+        ParallelConfig(kind="fsdp2", procs=0)
+
+
+@pytest.mark.parametrize("n, world", [(5, 2), (4, 2), (1, 2), (7, 3), (0, 2)])
+def test_shards_cover_the_batch_once(n, world):
+    slices = [DistContext(r, world).shard(n) for r in range(world)]
+    covered = [i for s in slices for i in range(n)[s]]
+    assert covered == list(range(n))
+    sizes = [s.stop - s.start for s in slices]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_single_process_context_is_identity():
+    t = torch.tensor([1.0, 2.0])
+    assert SINGLE.reduce_sum(t) is t and SINGLE.broadcast({"a": 1}) == {"a": 1}
+    assert SINGLE.shard(5) == slice(0, 5)
+
+
+@pytest.mark.slow  # spawns 2 ranks (~30 s on 2 cores)
+def test_two_ranks_equal_one_process_and_checkpoint_round_trips(tmp_path):
+    ref = dist_fns.reference_step()
+    got = launch(dist_fns.sharded_step, (str(tmp_path / "ckpt"),), 2)
+    assert got["world"] == 2
+    assert got["norm"] == pytest.approx(ref["norm"], rel=1e-5)
+    for k, v in ref["weights"].items():
+        torch.testing.assert_close(got["weights"][k], v, atol=1e-5, rtol=1e-5)
+    assert got["reload_err"] == 0.0 and got["opt_err"] == 0.0
+    # A different world size is refused with the number to resume with.
+    model = dist_fns.tiny_qwen2(seed=0)
+    with pytest.raises(ValueError, match="procs=2"):
+        load_sharded(tmp_path / "ckpt", model, torch.optim.AdamW(model.parameters()), SINGLE)
+
+
+@pytest.mark.slow
+def test_a_dead_rank_is_named():
+    with pytest.raises(RankFailed, match=r"rank 1 failed \(exit code 3\).*resume"):
+        launch(dist_fns.failing_rank, (), 2, resume_hint="resume from checkpoints/step_x")
