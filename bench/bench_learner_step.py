@@ -88,7 +88,9 @@ def run_workload(name: str, args, device: str, prompt_len: int, response_len: in
     batch = make_batch(groups, args.group_size, prompt_len, response_len, args.vocab, seed=0)
     learners = {
         "asympo": Learner(copy.deepcopy(model), learner_config("asympo", args), pad_id=0, device=device),
-        "grpo+recompute": Learner(copy.deepcopy(model), learner_config("grpo", args), pad_id=0, device=device),
+        "grpo+recompute": Learner(
+            copy.deepcopy(model), learner_config("grpo", args), pad_id=0, device=device
+        ),
         "grpo (sampler logp)": Learner(model, learner_config("grpo", args), pad_id=0, device=device),
     }
 
