@@ -6,6 +6,8 @@ For random models of the embedded architecture (hidden x layers, char vocabulary
 of one publication through each transport, as the backends do it:
 - `shm`: `asympo.runtime.sync.snapshot(state, share_memory=True)`, what the process backend does per
   step (a detached CPU copy moved to shared memory; the queue then passes handles, not bytes);
+- `shm-flat`: the same copy into one shared-memory block per version (a proposed fix: the per-tensor
+  segments of `shm` cost a file and an mmap each);
 - `ray`: `ray.put` of the CPU state dict, what the Ray backend does (where ray imports; a local Ray is
   started with 1 CPU for the measurement);
 - `disk`: a safetensors file written and fsync'ed, what a server weight sync through the disk has to do
@@ -42,6 +44,23 @@ def disk_write(state: dict, path: str) -> None:
         os.close(fd)
 
 
+def flat_shared_snapshot(state: dict) -> dict:
+    """The proposed cheaper publication: one shared-memory block per version (per dtype), the tensors as
+    views into it, instead of one shared-memory segment (a file in /dev/shm, an mmap) per tensor."""
+    out, blocks = {}, {}
+    for dtype in {v.dtype for v in state.values()}:
+        n = sum(v.numel() for v in state.values() if v.dtype == dtype)
+        blocks[dtype] = [torch.empty(n, dtype=dtype).share_memory_(), 0]
+    for k, v in state.items():
+        block = blocks[v.dtype]
+        n = v.numel()
+        view = block[0][block[1] : block[1] + n].view(v.shape)
+        view.copy_(v.detach())
+        block[1] += n
+        out[k] = view
+    return out
+
+
 def measure(hidden: int, layers: int, repeats: int, ray, disk_path: str) -> dict:
     """Publication times through each transport and one learner step, for one model size."""
     model = random_model(vocab=VOCAB, hidden_size=hidden, layers=layers, max_positions=128)
@@ -52,6 +71,7 @@ def measure(hidden: int, layers: int, repeats: int, ray, disk_path: str) -> dict
     batch = make_batch(1, 8, 16, 48, VOCAB, seed=0)
     variants = {
         "shm": lambda: snapshot(learner.model.state_dict(), share_memory=True),
+        "shm-flat": lambda: flat_shared_snapshot(learner.model.state_dict()),
         "disk": lambda: disk_write(learner.model.state_dict(), disk_path),
         "step": lambda: learner.step(batch),
     }
@@ -61,7 +81,7 @@ def measure(hidden: int, layers: int, repeats: int, ray, disk_path: str) -> dict
     times = {k: median(v) for k, v in interleaved(variants, repeats).items()}
     step = times["step"]
     row = {"hidden": hidden, "layers": layers, "params": params, "mib": mib, "step_s": step}
-    for t in ("shm", "ray", "disk"):
+    for t in ("shm", "shm-flat", "ray", "disk"):
         if t in times:
             row[f"{t}_s"] = times[t]
             row[f"{t}_share"] = times[t] / (step + times[t])
@@ -92,7 +112,7 @@ def main() -> None:
 
     print(
         f"{'model':<9} {'params':>11} {'MiB':>7} {'shm ms':>8} {'ray ms':>8} {'disk ms':>8} {'step ms':>9}"
-        f" {'shm share':>9} {'ray share':>9} {'disk share':>10}"
+        f" {'flat ms':>8} {'shm share':>9} {'flat share':>10} {'ray share':>9} {'disk share':>10}"
     )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,7 +125,8 @@ def main() -> None:
 
             print(
                 f"{size:<9} {row['params']:>11,} {row['mib']:>7.1f} {cell('shm_s'):>8} {cell('ray_s'):>8}"
-                f" {cell('disk_s'):>8} {cell('step_s'):>9} {cell('shm_share', 100):>8}%"
+                f" {cell('disk_s'):>8} {cell('step_s'):>9} {cell('shm-flat_s'):>8} {cell('shm_share', 100):>8}%"
+                f" {cell('shm-flat_share', 100):>9}%"
                 f" {cell('ray_share', 100):>8}% {cell('disk_share', 100):>9}%"
             )
             rows.append(row)
