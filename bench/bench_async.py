@@ -76,7 +76,7 @@ def random_model_dir(root: Path, max_positions: int) -> str:
     return str(save_pretrained(model, tok, root / "random_model"))
 
 
-def run(mode: str, sets: list[str], out: Path) -> dict:
+def run(mode: str, sets: list[str], out: Path, threads: int | None = None) -> dict:
     if out.exists():
         shutil.rmtree(out)
     cfg = TrainConfig.from_dict(
@@ -89,6 +89,8 @@ def run(mode: str, sets: list[str], out: Path) -> dict:
             stamps.append(time.monotonic())
 
     threads_before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)  # sync only: async runs set their own split in train()
     with PublishTimer() as pub:
         t0 = time.monotonic()
         train(cfg, progress=False, callbacks=[on_event])
@@ -97,7 +99,8 @@ def run(mode: str, sets: list[str], out: Path) -> dict:
     torch.set_num_threads(threads_before)  # train() lowers it for async runs
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     skip = min(3, len(recs) - 2)  # start-up steps (worker start, first weights, allocator)
-    med = statistics.median
+    # Means, not medians: the per-step decomposition (train + wait + publish + other) must add up.
+    med = statistics.mean
     intervals = [b - a for a, b in zip(stamps[skip:], stamps[skip + 1 :])]
     return {
         "mode": mode,
@@ -139,6 +142,13 @@ def main() -> None:
     )
     ap.add_argument("--workloads", default="demo,long", help="comma-separated: demo, long")
     ap.add_argument("--prompts-per-step", type=int, default=None, help="default: the preset's 16 (quick 8)")
+    ap.add_argument(
+        "--sync-threads",
+        type=int,
+        default=None,
+        help="torch threads of the sync run (default: torch's, all cores, as `asympo train` runs it); "
+        "on an oversubscribed machine 1 thread can be many times faster",
+    )
     ap.add_argument("--out", default="runs/bench_async")
     args = ap.parse_args()
     steps = args.steps or (6 if args.quick else 20)
@@ -169,7 +179,10 @@ def main() -> None:
                 model_dir = random_model_dir(Path(tmp), max_positions=64 + max_new)
                 sets += [f"model.path={json.dumps(model_dir)}", f"rollout.max_new_tokens={max_new}"]
                 load_s = weight_load_s(model_dir)
-            res = {m: run(m, sets, out / w / m) for m in ("sync", "async")}
+            res = {
+                "sync": run("sync", sets, out / w / "sync", threads=args.sync_threads),
+                "async": run("async", sets, out / w / "async"),
+            }
             s, a = res["sync"], res["async"]
             G, T = s["gen_s"], s["train_s"]
             bound = (G + T) / max(G, T)
