@@ -13,7 +13,8 @@ The work: log p(token) for T response tokens from hidden states [T, H] and an LM
 - `liger`: liger-kernel's `LigerFusedLinearCrossEntropyLoss` (reduction="none", the per-token log-probs)
   where it imports and runs (it needs triton and a GPU; on a CPU it is reported as skipped).
 Each variant runs in a fresh subprocess, so its peak memory is its own: on CPU the rise of ru_maxrss over
-the inputs' footprint (VmHWM after /proc/self/clear_refs resets it), on CUDA torch.cuda.max_memory_allocated over the same. Rounds of all variants are
+the inputs' footprint (VmHWM after /proc/self/clear_refs resets it; glibc's mmap threshold fixed so
+freed blocks leave RSS), on CUDA torch.cuda.max_memory_allocated over the same. Rounds of all variants are
 interleaved (`--rounds`); the median time and the max peak are kept. The log-probs' sum is compared to
 the naive one's (`max |diff|` of the sums), so a variant that is fast because it is wrong shows.
 """
@@ -143,6 +144,10 @@ def run_child(args, variant: str) -> dict:
     if args.grad:
         cmd.append("--grad")
     env = dict(os.environ)
+    # glibc adapts its mmap threshold upwards after a large free, after which freed chunk temporaries stay
+    # in (per-thread) heaps and RSS shows the allocator's cache, at random, not the live tensors (seen: 47
+    # or 165 MB for the same run). A fixed threshold maps and unmaps every block >= 64 KiB.
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
     if args.liger_path:
         env["PYTHONPATH"] = args.liger_path + os.pathsep + env.get("PYTHONPATH", "")
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
