@@ -68,6 +68,10 @@ def main() -> None:
         "--batches", default=None, help="comma-separated batch sizes (default 1,64; quick 1,16)"
     )
     parser.add_argument(
+        "--prompts", type=int, default=None, help="legacy: with --n, one batch of prompts x n"
+    )
+    parser.add_argument("--n", type=int, default=1, help="legacy: samples per prompt (see --prompts)")
+    parser.add_argument(
         "--new-tokens", type=int, default=None, help="tokens per sequence (default 64; quick 32)"
     )
     parser.add_argument(
@@ -117,7 +121,12 @@ def main() -> None:
     cached = TorchEngine(model, tok, use_kv_cache=True)
     plain = TorchEngine(model, tok, use_kv_cache=False)
     cached.generate(["1+1="], SamplingParams(max_new_tokens=4), n=1)  # warm-up
-    batches = [int(b) for b in args.batches.split(",")] if args.batches else [1, 16 if args.quick else 64]
+    if args.batches:
+        batches = [int(b) for b in args.batches.split(",")]
+    elif args.prompts:  # the older interface (bench/device_check.sh): n samples of a prompt cost as n prompts
+        batches = [args.prompts * args.n]
+    else:
+        batches = [1, 16 if args.quick else 64]
     print(
         f"{'batch':>5} {'engine KV':>10} {'engine no-KV':>12} {'HF dynamic':>11} {'HF static':>10}"
         f" {'KV/no-KV':>9} {'KV/HF dyn':>9} {'KV/HF static':>12}   (tokens/s)"
