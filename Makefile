@@ -38,10 +38,15 @@ test-integrations: $(BIN_INTEG)/.installed  ## the verl/TRL integration tests
 demo: setup  ## the embedded default: SFT warm-up (cached), async ASymPO, report in runs/demo
 	$(BIN)/asympo demo
 
+# BENCH_QUICK=1 make bench: smoke-test sizes (a few minutes); docs/benchmarks.md has each script's output.
 bench: setup  ## the benchmarks (ratios against a baseline run in the same process)
+	$(BIN)/python bench/bench_learner_step.py
+	$(BIN)/python bench/bench_logprobs.py
 	$(BIN)/python bench/bench_async.py
 	$(BIN)/python bench/bench_generate.py
-	$(BIN)/python bench/bench_rewards.py
+	$(BIN)/python bench/bench_weight_sync.py
+	$(BIN)/python bench/bench_scaling.py
+	$(BIN)/python bench/bench_rewards.py $(if $(filter-out 0,$(BENCH_QUICK)),--rounds 1)
 
 test-slow: setup  ## the slow tests (longer training runs)
 	$(PYTEST) -q -m "slow"

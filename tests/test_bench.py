@@ -1,0 +1,64 @@
+"""The bench scripts' own logic (never their timings): what they feed the code under test must be right,
+or the ratios they print compare different work."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from bench_learner_step import make_batch, with_behavior_logp
+from bench_weight_sync import flat_shared_snapshot
+from benchlib import interleaved, random_model
+
+from asympo.learner import collate
+from asympo.logprobs import causal_lm_logprobs
+
+
+def test_recomputed_behavior_logp_lands_on_the_response_tokens():
+    # The grpo+recompute variant must hand the learner exactly the log-probs of the response tokens, in
+    # collate's alignment; a shift by one would make grpo's ratio != 1 and change its work.
+    model = random_model(vocab=50, hidden_size=32, layers=1, max_positions=32)
+    batch = make_batch(groups=2, group_size=2, prompt_len=3, response_len=5, vocab=50, seed=0)
+    samples = [s for g in batch.groups for s in g.samples]
+    ids, attn, mask, blp = collate(samples, 0)
+    assert blp is None
+    with torch.no_grad():
+        logp, _ = causal_lm_logprobs(model, ids, attn)
+    given = with_behavior_logp(batch, logp)
+    _, _, mask2, blp2 = collate([s for g in given.groups for s in g.samples], 0)
+    assert torch.equal(mask, mask2)
+    torch.testing.assert_close(blp2, logp * mask, rtol=0, atol=1e-6)
+    assert all(len(s.behavior_logp) == 5 for g in given.groups for s in g.samples)
+
+
+def test_make_batch_groups_have_a_learning_signal():
+    batch = make_batch(groups=3, group_size=4, prompt_len=2, response_len=3, vocab=20, seed=1)
+    for g in batch.groups:
+        rewards = [s.reward for s in g.samples]
+        assert min(rewards) < max(rewards)  # else the advantages are 0 and the step is not representative
+
+
+def test_flat_shared_snapshot_is_a_shared_detached_copy():
+    model = random_model(vocab=40, hidden_size=32, layers=1, max_positions=16)
+    state = model.state_dict()
+    snap = flat_shared_snapshot(state)
+    assert snap.keys() == state.keys()
+    for k, v in state.items():
+        assert snap[k].is_shared()
+        assert torch.equal(snap[k], v)
+    with torch.no_grad():
+        next(iter(model.parameters())).add_(1.0)  # the learner's next step must not reach the snapshot
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(snap[k], v)]
+    assert changed
+
+
+def test_interleaved_rotates_the_order_and_times_each_variant():
+    calls = []
+    times = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=4)
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert {k: len(v) for k, v in times.items()} == {"a": 4, "b": 4}
+    assert all(t >= 0 for v in times.values() for t in v)
