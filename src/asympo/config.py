@@ -47,7 +47,8 @@ class TaskConfig:
     """What the policy is trained and evaluated on."""
 
     name: str = "arithmetic"
-    """arithmetic (procedural, built in) | gsm8k | math500 | a local .jsonl/.parquet file | hf:<dataset>."""
+    """arithmetic | reasoning (procedural word problems, built in) | gsm8k | math500 | a local .jsonl/.parquet
+    file | hf:<dataset>."""
     train_split: str = "train"
     """Split trained on."""
     eval_split: str = "test"
@@ -60,6 +61,8 @@ class TaskConfig:
     """Field mapping for local or hub datasets, e.g. {"prompt": "question", "reference": "answer"}."""
     arithmetic: dict = field(default_factory=dict)
     """Overrides of the arithmetic task's settings (asympo.data.arithmetic.ArithmeticConfig)."""
+    reasoning: dict = field(default_factory=dict)
+    """Overrides of the reasoning task's settings (asympo.data.reasoning.ReasoningConfig)."""
 
     def __post_init__(self):
         if self.template not in ("plain", "chat"):

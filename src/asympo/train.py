@@ -51,8 +51,11 @@ def resolve_model_path(cfg: TrainConfig, progress: bool = True) -> str:
         return cfg.model.path
     from asympo.sft import SFTConfig, warmup
 
-    # The warm-up learns the same arithmetic task that RL then trains on.
-    sft = {**cfg.sft, "task": {**cfg.task.arithmetic, **cfg.sft.get("task", {})}}
+    # The warm-up learns the task RL then trains on (arithmetic for any task but reasoning).
+    if cfg.task.name == "reasoning":
+        sft = {"task_name": "reasoning", **cfg.sft, "task": {**cfg.task.reasoning, **cfg.sft.get("task", {})}}
+    else:
+        sft = {**cfg.sft, "task": {**cfg.task.arithmetic, **cfg.sft.get("task", {})}}
     return str(warmup(SFTConfig(**sft), progress=progress))
 
 
@@ -74,6 +77,10 @@ def load_task(cfg: TrainConfig, split: str, tokenizer=None) -> list[Problem]:
         from asympo.data.arithmetic import ArithmeticConfig, arithmetic_problems
 
         return arithmetic_problems(ArithmeticConfig(**t.arithmetic), split)
+    if t.name == "reasoning":
+        from asympo.data.reasoning import ReasoningConfig, reasoning_problems
+
+        return reasoning_problems(ReasoningConfig(**t.reasoning), split)
     from asympo.data import load_problems
 
     return load_problems(t.name, split, fields=t.fields or None, template=t.template, tokenizer=tokenizer)
@@ -114,10 +121,11 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.model.path != "embedded":
         check_model_path(cfg.model.path)
     check_device(cfg.model.device)
-    if cfg.task.name not in ("arithmetic", "gsm8k", "math500") and not cfg.task.name.startswith("hf:"):
+    builtin = ("arithmetic", "reasoning", "gsm8k", "math500")
+    if cfg.task.name not in builtin and not cfg.task.name.startswith("hf:"):
         if not Path(cfg.task.name).exists():
             raise FileNotFoundError(
-                f"task.name {cfg.task.name!r} is neither a built-in task (arithmetic, gsm8k, math500), "
+                f"task.name {cfg.task.name!r} is neither a built-in task ({', '.join(builtin)}), "
                 "an hf:<dataset>, nor an existing file"
             )
 
