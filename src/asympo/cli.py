@@ -281,6 +281,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
         base=base.base,
         overrides=[*base.overrides, *([f"steps={args.steps}"] if args.steps else []), *args.overrides],
         collapse_fraction=base.collapse_fraction,
+        mode=base.mode,
     )
     t0 = time.monotonic()
     path = run_study(study, args.out, parallel=args.parallel, progress=not args.no_progress)

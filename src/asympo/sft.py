@@ -32,12 +32,12 @@ from typing import Any
 import torch
 
 from asympo.data.arithmetic import ArithmeticConfig, arithmetic_problems
-from asympo.data.reasoning import ReasoningConfig, reasoning_problems
 from asympo.data.problem import Problem
+from asympo.data.reasoning import ReasoningConfig, reasoning_problems
 from asympo.engines.base import SamplingParams
 from asympo.engines.torch import TorchEngine
 from asympo.evaluate import evaluate
-from asympo.models.tiny import SIZES, TinyModelConfig, build_tiny_model, count_parameters, save_pretrained
+from asympo.models.tiny import TinyModelConfig, build_tiny_model, count_parameters, save_pretrained
 from asympo.models.tokenizer import build_char_tokenizer
 from asympo.rewards.arithmetic import arithmetic_reward
 from asympo.rewards.math import math_reward

@@ -141,16 +141,12 @@ def _save_numbers() -> Iterator[tuple[int, ...]]:
 
 
 TEMPLATES: dict[str, _Template] = {
-    "buy": _Template(
-        lambda: itertools.product(range(2, 10), range(2, 10), range(1, 30)), _buy, ops=2
-    ),
+    "buy": _Template(lambda: itertools.product(range(2, 10), range(2, 10), range(1, 30)), _buy, ops=2),
     "share": _Template(
         lambda: ((k, e, a) for k in range(2, 7) for e in range(2, 13) for a in range(1, k * e)), _share, ops=2
     ),
     "rate": _Template(lambda: itertools.product(range(2, 10), range(2, 10), range(1, 30)), _rate, ops=2),
-    "difference": _Template(
-        lambda: ((a, b) for a in range(10, 60) for b in range(1, a)), _difference, ops=2
-    ),
+    "difference": _Template(lambda: ((a, b) for a in range(10, 60) for b in range(1, a)), _difference, ops=2),
     "leak": _Template(
         lambda: (
             (a, b, c, d)
