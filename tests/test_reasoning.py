@@ -250,7 +250,12 @@ def _one_cell(preset: str, objective_index: int, staleness: int, model_dir) -> S
 
 @pytest.mark.parametrize(
     ("preset", "objective_index", "staleness"),
-    [("reasoning", 4, 4), ("aggregation", 3, 16), ("async", 2, 4)],
+    [
+        ("reasoning", 4, 4),
+        ("async", 2, 4),
+        # The same fixed-delay path as `reasoning` plus one learner field (checked in test_cell_configs...).
+        pytest.param("aggregation", 3, 16, marks=pytest.mark.slow),
+    ],
 )
 def test_one_tiny_cell_of_each_new_preset_end_to_end(
     tmp_path, tiny_model_dir, preset, objective_index, staleness
