@@ -96,7 +96,7 @@ class TinyModelConfig:
 
 
 SIZES: dict[str, dict] = {
-    # The arithmetic demo's model (the defaults): about 0.8M parameters.
+    # The arithmetic demo's model (the defaults): about 0.6M parameters.
     "demo": {},
     # The reasoning task's model: about 1.6M parameters, with room for a ~130-character prompt and a
     # ~130-character worked solution. Sized so one RL study cell fits in about two minutes on 2 CPU cores.
