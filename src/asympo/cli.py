@@ -358,10 +358,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "study",
         help="objective x staleness x seed grid: results.csv, plots, report.html",
-        description="Run a study grid in the deterministic fixed-delay mode (resumable: finished "
-        "cells are skipped). Collapse = final held-out pass@1 below half its start.",
+        description="Run a study grid in the deterministic fixed-delay mode (the async preset: real "
+        "asynchronous runs; resumable: finished cells are skipped). Collapse = final held-out pass@1 below "
+        "half its start.",
     )
-    p.add_argument("--preset", default="smoke", help="smoke | staleness | lr | rescale (see --list-presets)")
+    p.add_argument(
+        "--preset",
+        default="smoke",
+        help="smoke | staleness | lr | rescale | reasoning | async | aggregation (see --list-presets)",
+    )
     p.add_argument("--out", metavar="DIR", help="study directory")
     p.add_argument("--parallel", type=int, default=2, help="cells run at once (processes)")
     p.add_argument("--steps", type=int, help="override every cell's optimiser steps")
