@@ -28,8 +28,9 @@ class ModelConfig:
     """The policy to train."""
 
     path: str = "embedded"
-    """`embedded`: the project's tiny model, warmed up by SFT on the arithmetic task (cached); else a local
-    HF model directory or a hub id (e.g. Qwen/Qwen3-0.6B; needs the weights available locally)."""
+    """`embedded`: the project's tiny model, warmed up by SFT on the arithmetic task (on the reasoning task
+    when task.name=reasoning; cached); else a local HF model directory or a hub id (e.g. Qwen/Qwen3-0.6B;
+    needs the weights available locally)."""
     dtype: str = "float32"
     """float32 | bfloat16 | float16 for the learner's weights."""
     device: str = "cpu"
