@@ -44,7 +44,7 @@ def cell(args: argparse.Namespace) -> None:
     from asympo.study import STUDY_PRESETS, run_study
 
     base = STUDY_PRESETS[args.preset]
-    overrides = list(base.overrides)
+    overrides = [*base.overrides, *([f"steps={args.steps}"] if args.steps else [])]
     if args.random_model:
         from asympo.models.tiny import SIZES, TinyModelConfig, build_tiny_model, save_pretrained
         from asympo.models.tokenizer import build_char_tokenizer
@@ -59,7 +59,9 @@ def cell(args: argparse.Namespace) -> None:
     )
     out = Path(args.out or tempfile.mkdtemp(prefix="reasoning-cell-"))
     wall0, cpu0 = time.monotonic(), _cpu_s()
-    run_study(study, out, parallel=1, progress=False, report=False)
+    # parallel=2 gives the cell one torch thread, as in a study run with the default --parallel 2 (two
+    # threads on a loaded 2-core machine spin and lose most of their time).
+    run_study(study, out, parallel=2, progress=False, report=False)
     wall, cpu = time.monotonic() - wall0, _cpu_s() - cpu0
     (cell_dir,) = (out / "cells").iterdir()
     recs = [json.loads(x) for x in (cell_dir / "metrics.jsonl").read_text().splitlines()]
@@ -72,7 +74,11 @@ def cell(args: argparse.Namespace) -> None:
         f"{statistics.mean(r['time/generate'] for r in recs):.1f} s, wait "
         f"{statistics.mean(r['time/wait'] for r in recs):.1f} s; mean response {statistics.mean(tokens):.0f} tokens"
     )
-    print(f"  held-out pass@1 {summary['pass1_before']} -> {summary['pass1_after']}")
+    evals = [json.loads(x) for x in (cell_dir / "eval.jsonl").read_text().splitlines()]
+    print(
+        f"  held-out pass@1 {summary['pass1_before']} -> {summary['pass1_after']}; each evaluation "
+        f"{statistics.mean(e['time'] for e in evals):.0f} s wall"
+    )
 
 
 def lengths(args: argparse.Namespace) -> None:
@@ -148,6 +154,7 @@ def main() -> None:
     p.add_argument(
         "--random-model", action="store_true", help="a random model of the same shape (upper bound)"
     )
+    p.add_argument("--steps", type=int, help="override the cell's steps (default: the preset's)")
     p.add_argument("--out", help="study directory (default: a temporary one)")
     p.set_defaults(func=cell)
     p = sub.add_parser("lengths", help="lengths of correct and wrong samples of the SFT'd model")
