@@ -105,8 +105,8 @@ def test_train_config_selects_the_task_and_the_math_reward():
     train, test = load_task(cfg, "train"), load_task(cfg, "test")
     assert len(train) == 60 and len(test) == 10
     assert test == reasoning_problems(ReasoningConfig(**SMALL_TASK), "test")
+    cfg.task.reasoning = {"n_tests": 3}  # a misspelt setting is named, not ignored
     with pytest.raises(TypeError, match="n_tests"):
-        cfg.task.reasoning = {"n_tests": 3}
         load_task(cfg, "test")
 
 
