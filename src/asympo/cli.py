@@ -337,6 +337,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
         base=base.base,
         overrides=[*base.overrides, *([f"steps={args.steps}"] if args.steps else []), *args.overrides],
         collapse_fraction=base.collapse_fraction,
+        mode=base.mode,
     )
     t0 = time.monotonic()
     path = run_study(study, args.out, parallel=args.parallel, progress=not args.no_progress)
@@ -413,10 +414,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "study",
         help="objective x staleness x seed grid: results.csv, plots, report.html",
-        description="Run a study grid in the deterministic fixed-delay mode (resumable: finished "
-        "cells are skipped). Collapse = final held-out pass@1 below half its start.",
+        description="Run a study grid in the deterministic fixed-delay mode (the async preset: real "
+        "asynchronous runs; resumable: finished cells are skipped). Collapse = final held-out pass@1 below "
+        "half its start.",
     )
-    p.add_argument("--preset", default="smoke", help="smoke | staleness | lr | rescale (see --list-presets)")
+    p.add_argument(
+        "--preset",
+        default="smoke",
+        help="smoke | staleness | lr | rescale | reasoning | async | aggregation (see --list-presets)",
+    )
     p.add_argument("--out", metavar="DIR", help="study directory")
     p.add_argument("--parallel", type=int, default=2, help="cells run at once (processes)")
     p.add_argument("--steps", type=int, help="override every cell's optimiser steps")

@@ -32,8 +32,9 @@ class ModelConfig:
     """The policy to train."""
 
     path: str = "embedded"
-    """`embedded`: the project's tiny model, warmed up by SFT on the arithmetic task (cached); else a local
-    HF model directory or a hub id (e.g. Qwen/Qwen3-0.6B; needs the weights available locally)."""
+    """`embedded`: the project's tiny model, warmed up by SFT on the arithmetic task (on the reasoning task
+    when task.name=reasoning; cached); else a local HF model directory or a hub id (e.g. Qwen/Qwen3-0.6B;
+    needs the weights available locally)."""
     dtype: str = "float32"
     """float32 | bfloat16 | float16 for the rollout engine's weights; the learner keeps fp32 master weights
     (see learner.precision)."""
@@ -62,7 +63,8 @@ class TaskConfig:
     """What the policy is trained and evaluated on."""
 
     name: str = "arithmetic"
-    """arithmetic (procedural, built in) | gsm8k | math500 | a local .jsonl/.parquet file | hf:<dataset>."""
+    """arithmetic | reasoning (procedural word problems, built in) | gsm8k | math500 | a local .jsonl/.parquet
+    file | hf:<dataset>."""
     train_split: str = "train"
     """Split trained on."""
     eval_split: str = "test"
@@ -77,6 +79,8 @@ class TaskConfig:
     """Field mapping for local or hub datasets, e.g. {"prompt": "question", "reference": "answer"}."""
     arithmetic: dict = field(default_factory=dict)
     """Overrides of the arithmetic task's settings (asympo.data.arithmetic.ArithmeticConfig)."""
+    reasoning: dict = field(default_factory=dict)
+    """Overrides of the reasoning task's settings (asympo.data.reasoning.ReasoningConfig)."""
 
     def __post_init__(self):
         if self.template not in ("plain", "chat"):

@@ -23,6 +23,10 @@ def load_task(task: TaskConfig, split: str, tokenizer=None) -> list[Problem]:
         from asympo.data.arithmetic import ArithmeticConfig, arithmetic_problems
 
         return arithmetic_problems(ArithmeticConfig(**task.arithmetic), split)
+    if task.name == "reasoning":
+        from asympo.data.reasoning import ReasoningConfig, reasoning_problems
+
+        return reasoning_problems(ReasoningConfig(**task.reasoning), split)
     from asympo.data import load_problems
     from asympo.data.templates import chat_template_with
 

@@ -4,6 +4,7 @@ defaults, so the dataclasses stay the one source of truth for every field and it
 from __future__ import annotations
 
 from asympo.config import TrainConfig
+from asympo.models.tiny import SIZES
 
 PRESETS: dict[str, dict] = {
     # The embedded default: tiny model, SFT warm-up, asynchronous ASymPO with real staleness on 2 CPU cores.
@@ -16,6 +17,27 @@ PRESETS: dict[str, dict] = {
         "buffer": {"max_staleness": 4, "policy": "wait"},
         "learner": {"objective": "asympo", "lr": 2e-4},
         "eval": {"every": 50, "limit": 200, "n": 4},
+    },
+    # The second scale: GSM8K-shaped word problems with worked solutions (40-130 characters) and a 1.6M
+    # model warmed up by SFT to about 0.3 held-out pass@1; see docs/results.md "Second scale".
+    "reasoning": {
+        "out": "runs/reasoning",
+        "steps": 40,
+        "mode": "async",
+        "checkpoint_every": 20,
+        "task": {"name": "reasoning", "reasoning": {"n_train": 4000, "n_test": 200}},
+        "sft": {
+            "model": SIZES["reasoning"],
+            "batch_size": 32,
+            "lr": 2e-3,
+            "steps": 4000,
+            "eval_every": 100,
+            "n_val": 100,
+        },
+        "rollout": {"prompts_per_step": 8, "group_size": 4, "max_new_tokens": 140, "num_workers": 1},
+        "buffer": {"max_staleness": 4, "policy": "wait"},
+        "learner": {"objective": "asympo", "lr": 5e-4, "grad_split_every": 5},
+        "eval": {"every": 0, "limit": 64, "n": 2},
     },
     # A real model on GSM8K (GPU machine; the weights must be available locally or in the HF cache).
     "gsm8k": {

@@ -1,7 +1,8 @@
 """SFT warm-up: the RL start point of the embedded demo, trained once and cached by its config.
 
-A freshly built tiny model is trained with teacher forcing on the arithmetic train split, with the loss on
-the answer tokens (and the EOS after them) only. Small transformers learn addition in a sudden transition
+A freshly built tiny model is trained with teacher forcing on the train split of its task (the arithmetic
+task, or with `task_name="reasoning"` the word problems of `asympo.data.reasoning`, whose answers are a
+short worked solution), with the loss on the answer tokens (and the EOS after them) only. Small transformers learn addition in a sudden transition
 whose timing varies with the seed (and with the floating-point details of the machine), so a fixed step
 count lands anywhere from "hardly any" to "nearly all" correct. The warm-up therefore stops on a measured
 target instead: every `eval_every` steps it samples the validation problems (a slice of the train split
@@ -32,6 +33,7 @@ import torch
 
 from asympo.data.arithmetic import ArithmeticConfig, arithmetic_problems
 from asympo.data.problem import Problem
+from asympo.data.reasoning import ReasoningConfig, reasoning_problems
 from asympo.engines.base import SamplingParams
 from asympo.engines.torch import TorchEngine
 from asympo.evaluate import evaluate
@@ -39,6 +41,7 @@ from asympo.files import fsync_tree
 from asympo.models.tiny import TinyModelConfig, build_tiny_model, count_parameters, save_pretrained
 from asympo.models.tokenizer import build_char_tokenizer
 from asympo.rewards.arithmetic import arithmetic_reward
+from asympo.rewards.math import math_reward
 
 __all__ = [
     "SFT_FORMAT_VERSION",
@@ -54,6 +57,7 @@ SFT_FORMAT_VERSION = 3
 """Bump when the training code changes what a config produces, so old cache entries are not reused."""
 
 IGNORE = -100
+SFT_TASKS = ("arithmetic", "reasoning")
 
 
 @dataclass
@@ -62,8 +66,9 @@ class SFTConfig:
 
     model: TinyModelConfig = field(default_factory=TinyModelConfig)
     """Shape of the tiny model."""
-    task: ArithmeticConfig = field(default_factory=ArithmeticConfig)
-    """The arithmetic task; SFT uses its train split only."""
+    task: ArithmeticConfig | ReasoningConfig = field(default_factory=ArithmeticConfig)
+    """The task's settings (an ArithmeticConfig or a ReasoningConfig, as `task_name` says); SFT uses its
+    train split only."""
     steps: int = 3000
     """Most optimiser steps; training stops earlier once `target_pass1` is reached."""
     batch_size: int = 64
@@ -86,12 +91,23 @@ class SFTConfig:
     them: they are train problems)."""
     seed: int = 0
     """Seed of the batch order and of the validation sampling."""
+    task_name: str = "arithmetic"
+    """The task learnt: arithmetic (answers are one number, graded by the arithmetic reward) or reasoning
+    (word problems with a worked solution ending in `#### N`, graded by the math reward)."""
 
     def __post_init__(self) -> None:
+        if self.task_name not in SFT_TASKS:
+            raise ValueError(f"SFTConfig.task_name must be one of {SFT_TASKS}, got {self.task_name!r}")
+        task_cls = ReasoningConfig if self.task_name == "reasoning" else ArithmeticConfig
         if isinstance(self.model, dict):
             self.model = TinyModelConfig(**self.model)
         if isinstance(self.task, dict):
-            self.task = ArithmeticConfig(**self.task)
+            self.task = task_cls(**self.task)
+        if not isinstance(self.task, task_cls):
+            raise ValueError(
+                f"SFTConfig.task must be a {task_cls.__name__} for task_name={self.task_name!r}, "
+                f"got a {type(self.task).__name__}"
+            )
         for name in ("steps", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -117,7 +133,10 @@ class SFTConfig:
 
     def key(self) -> str:
         """Hash of everything that determines the result (config and training-code version)."""
-        blob = json.dumps({"format": SFT_FORMAT_VERSION, "config": asdict(self)}, sort_keys=True)
+        config = asdict(self)
+        if self.task_name == "arithmetic":
+            del config["task_name"]  # keeps the keys of caches made before the field existed
+        blob = json.dumps({"format": SFT_FORMAT_VERSION, "config": config}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -134,9 +153,21 @@ def sft_cache_path(cfg: SFTConfig, cache_dir: str | os.PathLike | None = None) -
 
 def _split(cfg: SFTConfig) -> tuple[list[Problem], list[Problem]]:
     """(SFT problems, validation problems) from the task's train split."""
-    problems = arithmetic_problems(cfg.task, "train")
+    problems = task_problems(cfg, "train")
     n_val = cfg.n_val if cfg.target_pass1 is not None else 0
     return problems[: len(problems) - n_val], problems[len(problems) - n_val :]
+
+
+def task_problems(cfg: SFTConfig, split: str) -> list[Problem]:
+    """The problems of the warm-up's task, split "train" or "test"."""
+    if cfg.task_name == "reasoning":
+        return reasoning_problems(cfg.task, split)
+    return arithmetic_problems(cfg.task, split)
+
+
+def task_reward(cfg: SFTConfig):
+    """The reward that grades the warm-up's task (the one RL's `task.reward=auto` picks too)."""
+    return math_reward if cfg.task_name == "reasoning" else arithmetic_reward
 
 
 def _encode_examples(tokenizer: Any, problems: list[Problem]) -> list[tuple[list[int], list[int]]]:
@@ -178,7 +209,7 @@ def _val_pass1(model: torch.nn.Module, tokenizer: Any, problems: list[Problem], 
     """pass@1 at temperature 1 (2 samples per problem, seeded) on the validation problems."""
     sampling = SamplingParams(temperature=1.0, max_new_tokens=cfg.task.max_answer_chars + 1, seed=cfg.seed)
     engine = TorchEngine(model, tokenizer)
-    return evaluate(engine, problems, arithmetic_reward, n=2, sampling=sampling, batch_size=len(problems))[
+    return evaluate(engine, problems, task_reward(cfg), n=2, sampling=sampling, batch_size=len(problems))[
         "pass@1"
     ]
 
@@ -330,12 +361,29 @@ def warmup(
     return final
 
 
+def _task_defaults(task_name: str) -> SFTConfig:
+    """The warm-up config the CLI starts from: the default one, or the `reasoning` train preset's."""
+    if task_name == "arithmetic":
+        return SFTConfig()
+    from asympo.presets import PRESETS
+
+    preset = PRESETS["reasoning"]
+    return SFTConfig(**preset["sft"], task=preset["task"]["reasoning"], task_name="reasoning")
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m asympo.sft`: run (or fetch) the default warm-up and print held-out pass@1 and time."""
     import argparse
 
-    defaults = SFTConfig()
     parser = argparse.ArgumentParser(prog="python -m asympo.sft", description=main.__doc__)
+    parser.add_argument(
+        "--task",
+        choices=SFT_TASKS,
+        default="arithmetic",
+        help="arithmetic: the demo's warm-up; reasoning: the `reasoning` preset's (its model, task and settings)",
+    )
+    known, _ = parser.parse_known_args(argv)
+    defaults = _task_defaults(known.task)
     parser.add_argument("--steps", type=int, default=defaults.steps, help="most steps")
     parser.add_argument("--target-pass1", type=float, default=defaults.target_pass1)
     parser.add_argument("--lr", type=float, default=defaults.lr)
@@ -346,28 +394,32 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     cfg = SFTConfig(
-        model=TinyModelConfig(**{**asdict(defaults.model), "init_seed": args.seed}),
-        steps=args.steps,
-        target_pass1=args.target_pass1,
-        lr=args.lr,
-        seed=args.seed,
+        **{
+            **asdict(defaults),
+            "model": TinyModelConfig(**{**asdict(defaults.model), "init_seed": args.seed}),
+            "task": defaults.task,
+            "steps": args.steps,
+            "target_pass1": args.target_pass1,
+            "lr": args.lr,
+            "seed": args.seed,
+        }
     )
     start = time.perf_counter()
     path = warmup(cfg, cache_dir=args.cache_dir, threads=args.threads)
     elapsed = time.perf_counter() - start
     stats = json.loads((path / "sft.json").read_text())["stats"]
     engine = TorchEngine.from_pretrained(path)
-    test = arithmetic_problems(cfg.task, "test")
+    test = task_problems(cfg, "test")
     max_new = cfg.task.max_answer_chars + 1
     sampled = evaluate(
         engine,
         test,
-        arithmetic_reward,
+        task_reward(cfg),
         n=args.eval_n,
         sampling=SamplingParams(max_new_tokens=max_new, seed=0),
     )
     greedy = evaluate(
-        engine, test, arithmetic_reward, sampling=SamplingParams(temperature=0.0, max_new_tokens=max_new)
+        engine, test, task_reward(cfg), sampling=SamplingParams(temperature=0.0, max_new_tokens=max_new)
     )
     print(f"model: {path} ({stats['parameters']:,} parameters)")
     print(

@@ -61,8 +61,11 @@ def resolve_model_path(cfg: TrainConfig, progress: bool = True) -> str:
         return check_model_path(cfg.model.path, "model.path")
     from asympo.sft import SFTConfig, warmup
 
-    # The warm-up learns the same arithmetic task that RL then trains on.
-    sft = {**cfg.sft, "task": {**cfg.task.arithmetic, **cfg.sft.get("task", {})}}
+    # The warm-up learns the task RL then trains on (arithmetic for any task but reasoning).
+    if cfg.task.name == "reasoning":
+        sft = {"task_name": "reasoning", **cfg.sft, "task": {**cfg.task.reasoning, **cfg.sft.get("task", {})}}
+    else:
+        sft = {**cfg.sft, "task": {**cfg.task.arithmetic, **cfg.sft.get("task", {})}}
     return str(warmup(SFTConfig(**sft), progress=progress))
 
 
@@ -156,10 +159,11 @@ def validate(cfg: TrainConfig) -> None:
         from asympo.lora import require_peft
 
         require_peft()
-    if cfg.task.name not in ("arithmetic", "gsm8k", "math500") and not cfg.task.name.startswith("hf:"):
+    builtin = ("arithmetic", "reasoning", "gsm8k", "math500")
+    if cfg.task.name not in builtin and not cfg.task.name.startswith("hf:"):
         if not Path(cfg.task.name).exists():
             raise FileNotFoundError(
-                f"task.name {cfg.task.name!r} is neither a built-in task (arithmetic, gsm8k, math500), "
+                f"task.name {cfg.task.name!r} is neither a built-in task ({', '.join(builtin)}), "
                 "an hf:<dataset>, nor an existing file"
             )
 

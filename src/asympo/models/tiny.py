@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["ARCHS", "TinyModelConfig", "build_tiny_model", "count_parameters", "save_pretrained"]
+__all__ = ["ARCHS", "SIZES", "TinyModelConfig", "build_tiny_model", "count_parameters", "save_pretrained"]
 
 ARCHS = ("llama", "qwen2", "qwen3")
 
@@ -96,6 +96,23 @@ class TinyModelConfig:
             eos_token_id=eos_token_id,
             pad_token_id=pad_token_id,
         )
+
+
+SIZES: dict[str, dict] = {
+    # The arithmetic demo's model (the defaults): about 0.6M parameters.
+    "demo": {},
+    # The reasoning task's model: about 1.6M parameters, with room for a ~130-character prompt and a
+    # ~130-character worked solution. Sized so one RL study cell fits in about two minutes on 2 CPU cores.
+    "reasoning": {
+        "hidden_size": 192,
+        "num_layers": 4,
+        "num_heads": 6,
+        "num_kv_heads": 2,
+        "intermediate_size": 512,
+        "max_position_embeddings": 320,
+    },
+}
+"""Named shapes: `TinyModelConfig(**SIZES[name])`."""
 
 
 def build_tiny_model(cfg: TinyModelConfig, tokenizer: Any) -> torch.nn.Module:
