@@ -46,7 +46,7 @@ def throughput(backend_name: str, workers: int, model_dir: str, args) -> dict:
         "rollout.threads=1",
     ]
     cfg = TrainConfig.from_dict(apply_overrides(preset_dict("demo"), sets))
-    problems = load_task(cfg, cfg.task.train_split)
+    problems = load_task(cfg.task, cfg.task.train_split)
     scheduler = PromptScheduler(
         problems,
         prompts_per_step=cfg.rollout.prompts_per_step,

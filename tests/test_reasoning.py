@@ -102,12 +102,12 @@ def test_train_config_selects_the_task_and_the_math_reward():
     cfg.task.reasoning = dict(SMALL_TASK)
     validate(cfg)
     assert cfg.task.reward_name == "math"
-    train, test = load_task(cfg, "train"), load_task(cfg, "test")
+    train, test = load_task(cfg.task, "train"), load_task(cfg.task, "test")
     assert len(train) == 60 and len(test) == 10
     assert test == reasoning_problems(ReasoningConfig(**SMALL_TASK), "test")
     cfg.task.reasoning = {"n_tests": 3}  # a misspelt setting is named, not ignored
     with pytest.raises(TypeError, match="n_tests"):
-        load_task(cfg, "test")
+        load_task(cfg.task, "test")
 
 
 # ----------------------------------------------------------------------------------------- SFT
