@@ -29,6 +29,7 @@ from asympo.engines.base import SamplingParams
 from asympo.presets import preset_dict
 from asympo.runtime.backend import WorkerSpec
 from asympo.runtime.scheduler import PromptScheduler
+from asympo.runtime.staleness import make_policy
 from asympo.train import load_task, make_backend
 
 
@@ -51,7 +52,7 @@ def throughput(backend_name: str, workers: int, model_dir: str, args) -> dict:
         problems,
         prompts_per_step=cfg.rollout.prompts_per_step,
         group_size=cfg.rollout.group_size,
-        buffer=cfg.buffer,
+        policy=make_policy(cfg.buffer, cfg.mode),
         seed=cfg.seed,
     )
     spec = WorkerSpec(
