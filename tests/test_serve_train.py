@@ -154,10 +154,11 @@ def test_a_group_without_token_ids_is_dropped_with_a_reason_and_replaced():
     from asympo.runtime.buffer import BufferConfig
     from asympo.runtime.records import RolloutGroup, Sample
     from asympo.runtime.scheduler import PromptScheduler
+    from asympo.runtime.staleness import make_policy
 
     problems = [Problem(f"p{i}", f"{i}+1=", str(i + 1)) for i in range(10)]
-    sched = PromptScheduler(problems, prompts_per_step=2, group_size=2, buffer=BufferConfig())
-    backend = BackendBase(sched, BufferConfig())
+    sched = PromptScheduler(problems, prompts_per_step=2, group_size=2, policy=make_policy(BufferConfig()))
+    backend = BackendBase(sched)
     tasks = sched.issue(0)
 
     def group(task, prompt_ids, response_ids):

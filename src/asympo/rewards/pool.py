@@ -476,6 +476,7 @@ class RewardPool:
                     dead = True
                 now = time.monotonic()
                 if dead or not worker.proc.is_alive():
+                    worker.proc.join(timeout=1.0)  # reap it: a closed pipe can come before the exit code
                     code = worker.proc.exitcode
                     if not worker.ready:
                         self._start_failed(index, f"worker exited with code {code} before it was ready")
