@@ -16,7 +16,7 @@ from typing import Protocol
 
 from asympo.engines.base import SamplingParams
 from asympo.runtime.buffer import StalenessBuffer
-from asympo.runtime.records import Batch, RolloutGroup
+from asympo.runtime.records import Batch, DropRecord, RolloutGroup
 from asympo.runtime.scheduler import PromptScheduler
 from asympo.runtime.staleness import SYNC, StalenessPolicy
 from asympo.runtime.sync import State
@@ -111,6 +111,7 @@ class BackendBase:
         self.reward_errors = 0
         self.max_restarts = max_restarts  # per worker; one that dies more often stops the run
         self.restarts: Counter[int] = Counter()  # worker index -> restarts after dying
+        self._unreported: list[DropRecord] = []  # groups dropped on arrival, not yet in a batch's record
 
     def _take_once(self, learner_version: int, n_groups: int, timeout: float | None):
         """`buffer.take`, then a fresh prompt for the current step in place of each group it dropped (the
@@ -119,6 +120,8 @@ class BackendBase:
         with self.lock:
             for _ in drops:
                 self.scheduler.replace_dropped(learner_version)
+            if ready is not None:  # groups dropped on arrival (already replaced) go on this batch's record
+                drops, self._unreported = self._unreported + drops, []
         return ready, drops
 
     def _take(self, learner_version: int, n_groups: int, timeout: float | None) -> Batch:
@@ -148,7 +151,9 @@ class BackendBase:
             if any(not s.prompt_ids or not s.response_ids for s in group.samples):
                 # No tokens to score (e.g. a text-only server and no tokenizer): never trained on; counted
                 # with its reason and replaced by a fresh prompt for the same step.
-                self.drop_reasons["no_token_ids"] += 1
+                rec = DropRecord(group.group_id, group.problem_id, "no_token_ids")
+                self.buffer.state.dropped[rec.reason] = self.buffer.state.dropped.get(rec.reason, 0) + 1
+                self._unreported.append(rec)  # reported with the next batch (groups.jsonl)
                 self.scheduler.replace_dropped(group.batch_index)
                 return
             self.buffer.put(group)
