@@ -54,3 +54,44 @@ def test_two_ranks_equal_one_process_and_checkpoint_round_trips(tmp_path):
 def test_a_dead_rank_is_named():
     with pytest.raises(RankFailed, match=r"rank 1 failed \(exit code 3\).*resume"):
         launch(dist_fns.failing_rank, (), 2, resume_hint="resume from checkpoints/step_x")
+
+
+# Uneven shares (5 and 4 responses) and micro-batches of 2 (3 passes on rank 0, 2 on rank 1: rank 1 runs an
+# idle pass); seq-mean-token-mean needs the global response count, token-mean the global token count.
+STEP_CFGS = [
+    dict(objective="asympo", agg="seq-mean-token-mean", lr=1e-2, micro_batch_size=2, grad_split_every=0),
+    dict(
+        objective="asympo",
+        hparams={"rescale": "batch_mean"},
+        agg="token-mean",
+        lr=1e-2,
+        max_grad_norm=0.05,
+        grad_split_every=0,
+    ),
+]
+
+
+@pytest.mark.slow  # spawns 2 ranks
+def test_two_rank_learner_step_equals_one_process():
+    ref = dist_fns.learner_steps(STEP_CFGS, dist=False)
+    got = launch(dist_fns.learner_steps, (STEP_CFGS,), 2)
+    for cfg, r, g in zip(STEP_CFGS, ref, got):
+        for key in ("loss/total", "nll/pos", "nll/neg", "grad/norm", "grad/clipped", "batch/responses"):
+            assert g["metrics"][key] == pytest.approx(r["metrics"][key], rel=1e-5, abs=1e-7), (cfg, key)
+        moved = max(
+            float((r["weights"][k] - v).abs().max())
+            for k, v in dist_fns.tiny_qwen2(seed=0).state_dict().items()
+        )
+        assert moved > 1e-3  # the step changed the weights, so equal weights mean equal updates
+        for k, v in r["weights"].items():
+            torch.testing.assert_close(g["weights"][k], v, atol=1e-5, rtol=1e-5)
+
+
+def test_sharded_learner_refuses_kl_and_fp16():
+    from asympo.learner import LearnerConfig
+
+    with pytest.raises(ValueError, match="kl_coef > 0 is not supported with learner.parallel.kind=fsdp2"):
+        LearnerConfig(kl_coef=0.1, parallel={"kind": "fsdp2", "procs": 2})
+    with pytest.raises(ValueError, match="fp16-mixed is not supported"):
+        LearnerConfig(precision="fp16-mixed", parallel={"kind": "fsdp2", "procs": 2})
+    assert LearnerConfig(parallel={"kind": "fsdp2", "procs": 2}).parallel.procs == 2

@@ -111,6 +111,16 @@ class DistContext:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def all_gather(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, in rank order (pickled between our own processes only)."""
+        if not self.distributed:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
     def barrier(self) -> None:
         if self.distributed:
             import torch.distributed as dist
@@ -175,17 +185,21 @@ def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return blocks
 
 
-def shard_model(model: torch.nn.Module, *, param_dtype: torch.dtype | None = None) -> torch.nn.Module:
-    """`fully_shard` every transformer block, then the root. `param_dtype` (e.g. bf16) is the dtype of the
-    gathered parameters the forward pass computes in; the sharded master parameters, the gradients' reduction
-    and the optimiser stay fp32 (mixed precision with fp32 master weights)."""
+def shard_model(
+    model: torch.nn.Module, *, param_dtype: torch.dtype | None = None, root: torch.nn.Module | None = None
+) -> torch.nn.Module:
+    """`fully_shard` every transformer block, then the root (`root`, default `model`: a module holding
+    `model` whose forward is what the learner calls, so the root's parameters are gathered around it).
+    `param_dtype` (e.g. bf16) is the dtype of the gathered parameters the forward pass computes in; the
+    sharded master parameters, the gradients' reduction and the optimiser stay fp32 (mixed precision with
+    fp32 master weights)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else None
     kwargs = {"mp_policy": mp} if mp is not None else {}
     for block in transformer_blocks(model):
         fully_shard(block, **kwargs)
-    fully_shard(model, **kwargs)
+    fully_shard(root if root is not None else model, **kwargs)
     return model
 
 
