@@ -223,7 +223,14 @@ def _flat_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tup
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     msd, osd = get_state_dict(model, optimizer)
-    flat = {f"model.{k}": v for k, v in msd.items()}
+    flat, seen = {}, set()
+    for k, v in msd.items():
+        # Tied weights (embedding = LM head) are one tensor: safetensors refuses to write it twice.
+        local = v.to_local() if hasattr(v, "to_local") else v
+        if local.numel() and local.data_ptr() in seen:
+            continue
+        seen.add(local.data_ptr())
+        flat[f"model.{k}"] = v
     for fqn, st in osd["state"].items():
         for name, v in st.items():
             flat[f"optim.{fqn}.{name}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
@@ -256,7 +263,11 @@ def load_sharded(
     import json
 
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
     meta_path = Path(path) / SHARDED_META
     if not meta_path.exists():
@@ -279,7 +290,8 @@ def load_sharded(
         if k.startswith("optim."):
             fqn, name = k[len("optim.") :].rsplit(".", 1)
             osd["state"].setdefault(fqn, {})[name] = v
-    set_model_state_dict(model, msd)
+    # strict=False: a tied weight was written once (`_flat_state`); loading it sets both names.
+    set_model_state_dict(model, msd, options=StateDictOptions(strict=False))
     set_optimizer_state_dict(model, optimizer, osd)
 
 
@@ -313,7 +325,8 @@ class RankFailed(RuntimeError):
 def launch(entry, args: tuple, procs: int, *, resume_hint: str = "") -> Any:
     """Run `entry(*args)` on `procs` local ranks with torch's elastic launcher; returns rank 0's result.
 
-    A rank that fails (an exception, or killed) ends every rank; the error names it.
+    A rank that fails (an exception, or killed) ends every rank; the error names it (and its exception,
+    when `entry` is decorated with `torch.distributed.elastic.multiprocessing.errors.record`).
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -336,7 +349,9 @@ def launch(entry, args: tuple, procs: int, *, resume_hint: str = "") -> Any:
         for rank, failure in sorted(e.failures.items()):
             code = failure.exitcode
             how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-            msg = failure.message if isinstance(failure.message, str) else ""
+            msg = failure.message  # the exception when `entry` is decorated with elastic's @record
+            msg = msg.get("message", "") if isinstance(msg, dict) else msg
+            msg = "" if not isinstance(msg, str) or msg.startswith("To enable traceback") else msg
             parts.append(f"learner rank {rank} failed ({how}){': ' + msg.splitlines()[0] if msg else ''}")
         raise RankFailed("; ".join(parts) + (f". {resume_hint}" if resume_hint else "")) from None
     return results[0]

@@ -594,7 +594,10 @@ class _LogProbs(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids, attention, **kwargs):
-        return causal_lm_logprobs(self.model, input_ids, attention, **kwargs)
+        logp, entropy = causal_lm_logprobs(self.model, input_ids, attention, **kwargs)
+        # Fresh tensors, not views: FSDP2 hooks its backward onto the root's outputs, and an in-place op on
+        # a view output would drop that hook.
+        return logp.clone(), None if entropy is None else entropy.clone()
 
 
 def _flatten(batch: Batch) -> tuple[list[Sample], int]:
