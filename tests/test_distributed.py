@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -95,3 +97,52 @@ def test_sharded_learner_refuses_kl_and_fp16():
     with pytest.raises(ValueError, match="fp16-mixed is not supported"):
         LearnerConfig(precision="fp16-mixed", parallel={"kind": "fsdp2", "procs": 2})
     assert LearnerConfig(parallel={"kind": "fsdp2", "procs": 2}).parallel.procs == 2
+
+
+@pytest.mark.slow  # three short 2-rank trainings (~2 min on 2 cores)
+def test_train_with_two_ranks_checkpoints_resumes_and_names_a_dead_rank(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    from transformers import AutoModelForCausalLM
+
+    from asympo.checkpoint import latest_checkpoint
+    from asympo.train import KILL_ENV, train
+    from tests.test_train import lines, run_config
+
+    par = 'learner.parallel={"kind": "fsdp2", "procs": 2}'
+    out = tmp_path / "run"
+    res = train(run_config(out, tiny_model_dir, "mode=sync", "steps=3", par), progress=False)
+    recs = lines(out / "metrics.jsonl")
+    assert [r["step"] for r in recs] == [0, 1, 2] and res.steps == 3
+    assert all(r["time/weight_gather"] >= 0 and r["batch/responses"] == 6 for r in recs)
+    ckpt = latest_checkpoint(out / "checkpoints")
+    assert ckpt.name == "step_00000003"
+    manifest = json.loads((ckpt / "manifest.json").read_text())["files"]
+    assert "sharded.json" in manifest and sum(f.startswith("sharded/") for f in manifest) == 2
+    # The consolidated export is a plain HF model (asympo eval --run and from_pretrained read it).
+    AutoModelForCausalLM.from_pretrained(ckpt)
+
+    # Another number of ranks is refused before any rank starts, with the number to use.
+    with pytest.raises(ValueError, match="written by 2 learner rank.*procs.: 2"):
+        train(run_config(out, tiny_model_dir, "mode=sync", "steps=5"), resume=True, progress=False)
+
+    # Rank 1 dies at step 4 (after checkpoint step_00000004): the error names it and that checkpoint.
+    monkeypatch.setenv(KILL_ENV, "1:4")
+    cfg5 = run_config(out, tiny_model_dir, "mode=sync", "steps=5", par)
+    with pytest.raises(RankFailed, match=r"rank 1 failed \(exit code 17\).*step_00000004 with --resume"):
+        train(cfg5, resume=True, progress=False)
+    monkeypatch.delenv(KILL_ENV)
+    res = train(cfg5, resume=True, progress=False)
+    recs = lines(out / "metrics.jsonl")
+    assert [r["step"] for r in recs] == [0, 1, 2, 3, 4]
+    assert [r["policy_version"] for r in recs] == [0, 1, 2, 3, 4]
+    assert latest_checkpoint(out / "checkpoints").name == "step_00000005"
+
+
+def test_callbacks_need_one_learner_process(tmp_path, tiny_model_dir):
+    from asympo.train import train
+    from tests.test_train import run_config
+
+    cfg = run_config(tmp_path / "run", tiny_model_dir, 'learner.parallel={"kind": "fsdp2", "procs": 2}')
+    with pytest.raises(ValueError, match="callbacks.*procs=1"):
+        train(cfg, callbacks=[print], progress=False)

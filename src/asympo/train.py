@@ -224,6 +224,9 @@ def make_backend(cfg: TrainConfig, spec: WorkerSpec, scheduler: PromptScheduler)
             max_restarts=cfg.rollout.max_restarts,
             ray_address=cfg.ray.address,
             worker_resources=cfg.ray.worker_resources or None,
+            # GPU learner ranks get a reserved GPU each; CPU ranks share the driver node's cores.
+            learner_ranks=cfg.learner.parallel.procs if cfg.learner.parallel.procs > 1 else 0,
+            learner_bundle={"GPU": 1, "CPU": 1} if cfg.model.device.startswith("cuda") else None,
         )
     from asympo.runtime.local import InlineBackend, ProcessBackend
 
