@@ -398,11 +398,12 @@ class HeldOutEval:
 
 def train(
     cfg: TrainConfig, *, resume: bool = False, progress: bool = True, callbacks: list[Callback] | None = None
-) -> RunResult:
+) -> RunResult | None:
     """Run (or with `resume=True`, continue) the training described by `cfg`.
 
     With learner.parallel.procs > 1 outside a launcher, starts the learner ranks and returns rank 0's result;
-    a rank that dies raises `RankFailed` naming it and the checkpoint to resume from."""
+    a rank that dies raises `RankFailed` naming it and the checkpoint to resume from. Under a launcher
+    (torchrun), the ranks other than 0 return None."""
     from transformers import AutoTokenizer
 
     t_start = time.monotonic()
@@ -426,6 +427,11 @@ def train(
             )
             raise RankFailed(f"{e}; {where}") from None
     dist = init_from_env(cfg.model.device, par.backend) if par.enabled else SINGLE
+    if under_launcher() and par.enabled and dist.world != par.procs:
+        raise ValueError(
+            f"learner.parallel.procs={par.procs} but the launcher started {dist.world} ranks; set "
+            f"learner.parallel.procs={dist.world} (torchrun --nproc-per-node must match it)"
+        )
     if not dist.is_main:
         return _follow(cfg, dist)
     out = Path(cfg.out)
