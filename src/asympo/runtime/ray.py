@@ -125,7 +125,7 @@ def reserve_learner_ranks(procs: int, bundle: dict, timeout_s: float = 60.0):
 
     # Every node offers the resource "node:<ip>"; a sliver of it pins a bundle to that node.
     here = {**bundle, f"node:{ray.util.get_node_ip_address()}": 0.001}
-    pg = placement_group([dict(here) for _ in range(procs)], strategy="STRICT_PACK", name="asympo-learner")
+    pg = placement_group([dict(here) for _ in range(procs)], strategy="STRICT_PACK")
     try:
         ray.get(pg.ready(), timeout=timeout_s)
     except (RayError, TimeoutError) as e:
