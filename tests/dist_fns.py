@@ -73,3 +73,36 @@ def failing_rank() -> None:
     if ctx.rank == 1:
         os._exit(3)
     ctx.barrier()
+
+
+def uneven_batch():
+    """3 groups of 3 responses of different lengths and rewards: 9 responses, 5 and 4 on two ranks."""
+    from asympo.runtime.records import Batch, RolloutGroup, Sample
+
+    groups = []
+    for g in range(3):
+        prompt = [2, 3 + g]
+        samples = [
+            Sample(prompt, [*[5 + i, 6, 7][: 1 + (i + g) % 3], 1], "", float(i == g), "stop", 0, None)
+            for i in range(3)
+        ]
+        groups.append(RolloutGroup(g, f"p{g}", "", 0, 0, samples))
+    return Batch(groups, 0)
+
+
+def learner_steps(cfgs: list[dict], dist: bool = True) -> list[dict]:
+    """For each config: one `Learner.step` on `uneven_batch` from the same initial model (sharded over the
+    launcher's ranks when `dist`); rank 0 returns the logged metrics and the full weights after the step."""
+    from asympo.distributed import SINGLE, full_state_dict, init_from_env
+    from asympo.learner import Learner, LearnerConfig
+
+    torch.set_num_threads(1)
+    ctx = init_from_env("cpu") if dist else SINGLE
+    out = []
+    for cfg in cfgs:
+        learner = Learner(tiny_qwen2(seed=0), LearnerConfig(**cfg), pad_id=0, dist=ctx)
+        metrics = learner.step(uneven_batch())
+        weights = full_state_dict(learner.model, ctx)
+        if ctx.is_main:
+            out.append({"metrics": metrics, "weights": {k: v.clone() for k, v in weights.items()}})
+    return out

@@ -23,7 +23,7 @@ from asympo.models.tiny import TinyModelConfig, build_tiny_model, save_pretraine
 from asympo.models.tokenizer import build_char_tokenizer  # noqa: E402
 from asympo.runtime.backend import WorkerSpec  # noqa: E402
 from asympo.runtime.buffer import BufferConfig  # noqa: E402
-from asympo.runtime.ray import RayBackend, actor_options, init_ray  # noqa: E402
+from asympo.runtime.ray import RayBackend, actor_options, init_ray, reserve_learner_ranks  # noqa: E402
 from asympo.runtime.records import RolloutGroup  # noqa: E402
 from asympo.runtime.scheduler import PromptScheduler  # noqa: E402
 from asympo.runtime.staleness import make_policy  # noqa: E402
@@ -161,6 +161,22 @@ def test_local_cluster_listens_on_loopback_only(cluster):
     ]
     assert listening, "found no Ray servers to check"
     assert all(ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1") for ip in listening), listening
+
+
+def test_learner_ranks_hold_a_placement_group_on_the_driver_node(cluster):
+    """A multi-rank learner's reservation: one bundle per rank on the driver's node, taken out of the pool
+    (here: the 2-CPU cluster cannot reserve 2 more ranks while 1 is held, nor could a rollout actor)."""
+    from ray.util.placement_group import placement_group_table, remove_placement_group
+
+    pg = reserve_learner_ranks(1, {"CPU": 1})
+    try:
+        table = placement_group_table(pg)
+        assert table["state"] == "CREATED" and table["strategy"] == "STRICT_PACK"
+        assert set(table["bundles_to_node_id"].values()) == {ray.get_runtime_context().get_node_id()}
+        with pytest.raises(RuntimeError, match=r"cannot reserve 2 learner rank\(s\) of \{'CPU': 1\}"):
+            reserve_learner_ranks(2, {"CPU": 1}, timeout_s=2)
+    finally:
+        remove_placement_group(pg)
 
 
 def test_wait_policy_versions_bound_and_close(cluster, tiny, problems):

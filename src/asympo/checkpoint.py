@@ -9,6 +9,9 @@ Layout of `DIR/checkpoints/step_00000040/`:
   prompt);
 - `weights_v<N>.safetensors`: the older weight versions that work in flight still needs (fixed-delay mode
   generates step k with version k - d, so a resume needs the d versions before the checkpoint's);
+- `sharded/` + `sharded.json` (a learner of N > 1 ranks, docs/scaling.md): every rank's shard of the model
+  and optimiser (torch.distributed.checkpoint, safetensors); the HF files above are then the consolidated
+  export and `optimizer.safetensors` holds only the RNG state;
 - `manifest.json`: the size and sha256 of every other file, written last inside the temporary directory.
 
 Each checkpoint is written to a temporary directory, every file fsync'ed, then renamed into place; the
@@ -25,7 +28,7 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -101,10 +104,13 @@ def save_checkpoint(
     trainer_state: dict,
     weight_history: Mapping[int, Mapping[str, torch.Tensor]] | None = None,
     keep: int = 2,
+    write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write checkpoint `step` under `root` atomically and keep only the newest `keep`.
 
-    `weight_history` = {version: state dict} of older weight versions in-flight work still needs."""
+    `weight_history` = {version: state dict} of older weight versions in-flight work still needs.
+    `write_extra(tmpdir)` writes more files into the checkpoint before its manifest (a sharded learner's
+    ranks write their shards there)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{STEP_PREFIX}{step:08d}"
@@ -128,9 +134,14 @@ def save_checkpoint(
         save_file(
             {k: t.detach().cpu().contiguous() for k, t in state.items()}, tmp / f"weights_v{v}.safetensors"
         )
+    if write_extra is not None:
+        write_extra(tmp)
     # Written last: a manifest means every file it lists was complete when it was written.
     (tmp / MANIFEST).write_text(json.dumps({"files": _describe(tmp)}, indent=1))
-    for f in tmp.iterdir():
+    for f in sorted(tmp.rglob("*"), reverse=True):  # files and subdirectories before their parents
+        if f.is_dir():
+            fsync_dir(f)
+            continue
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
         # safetensors writes 0600 files; a checkpoint gets the user's normal mode like every other output.

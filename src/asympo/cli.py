@@ -192,7 +192,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from asympo.train import train
 
     result = train(cfg, resume=args.resume, progress=not args.no_progress)
-    _print_result(result)
+    if result is not None:  # None on the learner ranks other than 0 under torchrun
+        _print_result(result)
     return 0
 
 

@@ -111,6 +111,16 @@ class DistContext:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def all_gather(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, in rank order (pickled between our own processes only)."""
+        if not self.distributed:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
     def barrier(self) -> None:
         if self.distributed:
             import torch.distributed as dist
@@ -175,17 +185,21 @@ def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return blocks
 
 
-def shard_model(model: torch.nn.Module, *, param_dtype: torch.dtype | None = None) -> torch.nn.Module:
-    """`fully_shard` every transformer block, then the root. `param_dtype` (e.g. bf16) is the dtype of the
-    gathered parameters the forward pass computes in; the sharded master parameters, the gradients' reduction
-    and the optimiser stay fp32 (mixed precision with fp32 master weights)."""
+def shard_model(
+    model: torch.nn.Module, *, param_dtype: torch.dtype | None = None, root: torch.nn.Module | None = None
+) -> torch.nn.Module:
+    """`fully_shard` every transformer block, then the root (`root`, default `model`: a module holding
+    `model` whose forward is what the learner calls, so the root's parameters are gathered around it).
+    `param_dtype` (e.g. bf16) is the dtype of the gathered parameters the forward pass computes in; the
+    sharded master parameters, the gradients' reduction and the optimiser stay fp32 (mixed precision with
+    fp32 master weights)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else None
     kwargs = {"mp_policy": mp} if mp is not None else {}
     for block in transformer_blocks(model):
         fully_shard(block, **kwargs)
-    fully_shard(model, **kwargs)
+    fully_shard(root if root is not None else model, **kwargs)
     return model
 
 
@@ -209,7 +223,14 @@ def _flat_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tup
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     msd, osd = get_state_dict(model, optimizer)
-    flat = {f"model.{k}": v for k, v in msd.items()}
+    flat, seen = {}, set()
+    for k, v in msd.items():
+        # Tied weights (embedding = LM head) are one tensor: safetensors refuses to write it twice.
+        local = v.to_local() if hasattr(v, "to_local") else v
+        if local.numel() and local.data_ptr() in seen:
+            continue
+        seen.add(local.data_ptr())
+        flat[f"model.{k}"] = v
     for fqn, st in osd["state"].items():
         for name, v in st.items():
             flat[f"optim.{fqn}.{name}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
@@ -242,7 +263,11 @@ def load_sharded(
     import json
 
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
     meta_path = Path(path) / SHARDED_META
     if not meta_path.exists():
@@ -265,7 +290,8 @@ def load_sharded(
         if k.startswith("optim."):
             fqn, name = k[len("optim.") :].rsplit(".", 1)
             osd["state"].setdefault(fqn, {})[name] = v
-    set_model_state_dict(model, msd)
+    # strict=False: a tied weight was written once (`_flat_state`); loading it sets both names.
+    set_model_state_dict(model, msd, options=StateDictOptions(strict=False))
     set_optimizer_state_dict(model, optimizer, osd)
 
 
@@ -299,7 +325,8 @@ class RankFailed(RuntimeError):
 def launch(entry, args: tuple, procs: int, *, resume_hint: str = "") -> Any:
     """Run `entry(*args)` on `procs` local ranks with torch's elastic launcher; returns rank 0's result.
 
-    A rank that fails (an exception, or killed) ends every rank; the error names it.
+    A rank that fails (an exception, or killed) ends every rank; the error names it (and its exception,
+    when `entry` is decorated with `torch.distributed.elastic.multiprocessing.errors.record`).
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -322,7 +349,9 @@ def launch(entry, args: tuple, procs: int, *, resume_hint: str = "") -> Any:
         for rank, failure in sorted(e.failures.items()):
             code = failure.exitcode
             how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-            msg = failure.message if isinstance(failure.message, str) else ""
+            msg = failure.message  # the exception when `entry` is decorated with elastic's @record
+            msg = msg.get("message", "") if isinstance(msg, dict) else msg
+            msg = "" if not isinstance(msg, str) or msg.startswith("To enable traceback") else msg
             parts.append(f"learner rank {rank} failed ({how}){': ' + msg.splitlines()[0] if msg else ''}")
         raise RankFailed("; ".join(parts) + (f". {resume_hint}" if resume_hint else "")) from None
     return results[0]

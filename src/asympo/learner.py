@@ -11,14 +11,24 @@ staleness of a sample is `learner version at this step - the sample's policy_ver
 Precision: the parameters and AdamW state are fp32 ("master weights"); with `bf16-mixed`/`fp16-mixed` only
 the forward pass runs under `torch.autocast`. Pure bf16 weights are refused unless asked for by name
 (`bf16-pure`): an Adam update of ~lr per weight is far below bf16's spacing (~1e-4 near 0.02), so at
-lr 1e-6 almost every update rounds away and the model does not learn.
+lr 1e-6 almost every update rounds away and the model does not learn. Under FSDP2, bf16-mixed is FSDP2's
+`MixedPrecisionPolicy` instead (bf16 parameters gathered for the forward and backward, fp32 sharded master
+weights, fp32 gradient reduction), with no autocast on top.
 
-The seam for a sharded learner (several processes, e.g. FSDP2): a `Learner` built with `shard=(rank,
-world_size)` and `reduce_sum` (an all-reduce that sums a float64 tensor) processes only its share of each
-batch's responses, but every normalisation (responses, tokens, declared batch statistics) is over the
-whole batch, summed through `reduce_sum` once per step; so the gradients of the shards *sum* to the
-whole batch's gradient (an FSDP2 host must sum, not average, them across ranks: gradient divide factor 1).
-With one process `reduce_sum` is the identity. Metrics are over this process's responses.
+The seam for a sharded learner (several processes): a `Learner` built with `shard=(rank, world_size)` and
+`reduce_sum` (an all-reduce that sums a float64 tensor) processes only its share of each batch's responses,
+but every normalisation (responses, tokens, declared batch statistics) is over the whole batch, summed
+through `reduce_sum` once per step; so the gradients of the shards *sum* to the whole batch's gradient.
+With one process `reduce_sum` is the identity.
+
+FSDP2 (`learner.parallel.kind=fsdp2`, docs/scaling.md) uses that seam: built with `dist=` a `DistContext`
+of several ranks, the Learner shards the model with `fully_shard` (per block, then the root), builds AdamW
+over the sharded parameters and, because FSDP2 *averages* gradients over the ranks (and gloo cannot do its
+divide-factor-1 pre-multiplied sum), multiplies each rank's loss by the world size, so the averaged
+gradient is the sum of the shards' gradients = the one-process gradient. The grad norm is clipped over the
+sharded gradients, and the logged metrics are computed from every rank's per-response values (gathered),
+so they equal the one-process values. Every rank runs the same number of forward/backward passes (FSDP2's
+all-gathers are collectives): a rank with fewer micro-batches runs zero-loss ones on a dummy row.
 """
 
 from __future__ import annotations
@@ -28,11 +38,12 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
 from asympo.advantages import ESTIMATORS, constant_groups, group_advantages
+from asympo.distributed import SINGLE, DistContext, ParallelConfig
 from asympo.logprobs import causal_lm_logprobs
 from asympo.objectives import (
     AGG_MODES,
@@ -100,6 +111,8 @@ class LearnerConfig:
     """Log the policy entropy on the sampled responses (costs a softmax over the vocabulary)."""
     chunk_size: int = 1024
     """Token positions per chunk of the log-softmax."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Learner processes: {"kind": "fsdp2", "procs": N} shards the model over N ranks (docs/scaling.md)."""
 
     def __post_init__(self):
         obj = get_objective(self.objective)  # raises ValueError naming the valid objectives
@@ -141,6 +154,21 @@ class LearnerConfig:
                 f"learner.gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}"
             )
         self.adam_betas = tuple(self.adam_betas)
+        if isinstance(self.parallel, dict):
+            self.parallel = ParallelConfig(**self.parallel)
+        if self.parallel.enabled:
+            if self.kl_coef > 0:
+                # The frozen reference would need sharding too (twice the collectives per micro-batch);
+                # refused until someone needs it rather than silently run unsharded on every rank.
+                raise ValueError(
+                    "learner.kl_coef > 0 is not supported with learner.parallel.kind=fsdp2 (the KL reference "
+                    "model is not sharded); set learner.kl_coef=0 or learner.parallel.kind=none"
+                )
+            if self.precision == "fp16-mixed":
+                raise ValueError(
+                    "learner.precision=fp16-mixed is not supported with learner.parallel.kind=fsdp2 (its "
+                    "gradient scaler does not handle sharded gradients); use bf16-mixed or fp32"
+                )
 
     @property
     def needs_behavior_logp(self) -> bool:
@@ -269,12 +297,23 @@ class Learner:
         reference: torch.nn.Module | None = None,
         reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
         shard: tuple[int, int] = (0, 1),
+        dist: DistContext | None = None,
     ):
         self.cfg = cfg
         self.objective = get_objective(cfg.objective)
         self.precision = resolve_precision(cfg.precision, device)
         dtype = master_dtype(self.precision)
         self.model = model.to(device=device, dtype=dtype)
+        # FSDP2 only with several ranks: one rank has nothing to shard over and is the plain learner.
+        self.dist = dist or SINGLE
+        self.sharded = self.dist.distributed
+        if self.sharded:
+            if cfg.kl_coef > 0 or self.precision == "fp16-mixed" or reference is not None:
+                raise ValueError(
+                    "a sharded learner supports neither learner.kl_coef > 0 nor fp16-mixed; "
+                    "set learner.kl_coef=0 and learner.precision=bf16-mixed or fp32"
+                )
+            reduce_sum, shard = self.dist.reduce_sum, (self.dist.rank, self.dist.world)
         self.device = device
         self.pad_id = pad_id
         self.ref_model = None
@@ -292,6 +331,17 @@ class Learner:
                 self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
             else:
                 self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        autocast_dtype = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}.get(self.precision)
+        if self.sharded:
+            from asympo.distributed import shard_model
+
+            # FSDP2's mixed precision replaces autocast: bf16 parameters in the forward, fp32 master and
+            # reduction; an autocast on top would only recast what is already bf16. The root unit is a
+            # wrapper whose forward is the whole log-prob computation: causal_lm_logprobs calls the decoder
+            # and reads the LM head's weight directly, which FSDP2 gathers only inside the root's forward.
+            self._root = _LogProbs(self.model)
+            self.model = shard_model(self.model, param_dtype=autocast_dtype, root=self._root)
+            autocast_dtype = None
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(
@@ -303,7 +353,6 @@ class Learner:
         )
         dev_type = torch.device(device).type
         self.scaler = torch.amp.GradScaler(dev_type) if self.precision == "fp16-mixed" else None
-        autocast_dtype = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}.get(self.precision)
         self._autocast = (
             (lambda: torch.autocast(dev_type, dtype=autocast_dtype))
             if autocast_dtype
@@ -322,22 +371,35 @@ class Learner:
         rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)
         adv = group_advantages(rewards, G, self.cfg.estimator)  # [B], over the whole batch
         mine = list(range(self.rank, len(samples), self.world_size))  # this process's responses
-        rows = self._collate([samples[i] for i in mine], adv[mine])
+        rows = self._collate([samples[i] for i in mine], adv[mine]) if mine else None
         plan = plan_micro_batches(
             [len(samples[i].prompt_ids) + len(samples[i].response_ids) for i in mine],
             self.cfg.micro_batch_size,
             self.cfg.max_tokens_per_micro_batch,
         )
-        ctx = self._context(rows, plan)
-        split = self.cfg.grad_split_every > 0 and self.version % self.cfg.grad_split_every == 0
+        # Sharded: every rank must run as many forward/backward passes as the busiest one (collectives).
+        passes = int(self.dist.reduce_max(torch.tensor(float(len(plan))))) if self.sharded else len(plan)
+        ctx = self._context(rows, plan, passes)
+        # The pos/neg split differentiates the parameters directly (autograd.grad), which FSDP2's sharded
+        # parameters do not support (their gradients arrive through its reduce-scatter hooks): off there.
+        split = (
+            not self.sharded
+            and self.cfg.grad_split_every > 0
+            and self.version % self.cfg.grad_split_every == 0
+        )
         grads_pm = [[torch.zeros_like(p) for p in self.params] for _ in range(2)] if split else None
 
         self.opt.zero_grad(set_to_none=True)
         results = [self._micro_step(rows.select(idx), ctx, grads_pm) for idx in plan]
+        for _ in range(passes - len(plan)):
+            self._idle_pass(backward=True)
+        parts = [(_cpu_terms(r.terms), r.objective_metrics) for r in results]
+        if self.sharded:  # every rank's per-response values: the metrics are the whole batch's
+            parts = [p for rank_parts in self.dist.all_gather(parts) for p in rank_parts]
         metrics = response_metrics(
-            ResponseTerms.cat([r.terms for r in results]), metric_prefix(self.cfg.objective)
+            ResponseTerms.cat([t for t, _ in parts]), metric_prefix(self.cfg.objective)
         )
-        metrics.update(_combine_objective_metrics(results))
+        metrics.update(_combine_objective_metrics(parts))
         if split:  # before the update: the fp16 scaler may change its scale there
             metrics["grad/norm_pos"], metrics["grad/norm_neg"] = (
                 _grad_norm(g) / self._loss_scale() for g in grads_pm
@@ -355,35 +417,53 @@ class Learner:
             )
         return _Rows(input_ids, attention, mask, blp, adv.to(self.device))
 
-    def _context(self, rows: _Rows, plan: list[list[int]]) -> LossContext:
-        """The whole batch's counts and the statistics the objective declares, reduced over processes."""
+    def _context(self, rows: _Rows | None, plan: list[list[int]], passes: int) -> LossContext:
+        """The whole batch's counts and the statistics the objective declares, reduced over processes.
+        `rows` is None for a rank with no response in this batch; `passes`: forward passes every rank runs."""
         stats = self.objective.batch_stats(self.cfg.hparams)
         if stats and len(plan) == 1 and self.world_size == 1:
             stats = ()  # the one micro-batch is the batch: compute_loss computes them from its forward pass
         if not stats:
-            totals = context_totals(rows.mask)
+            totals = context_totals(rows.mask) if rows is not None else torch.zeros(2, dtype=torch.float64)
         else:  # one no-grad pass over the batch, paid only by objectives that declare statistics
             totals = torch.zeros(2 + 2 * len(stats), dtype=torch.float64)
             with torch.no_grad(), self._autocast():
                 for idx in plan:
                     mb = rows.select(idx)
-                    logp, _ = causal_lm_logprobs(
-                        self.model,
+                    logp, _ = self._logprobs(
                         mb.input_ids,
                         mb.attention,
                         temperature=self.cfg.temperature,
                         chunk_size=self.cfg.chunk_size,
                     )
                     totals += context_totals(mb.mask, logp, stats)
+                for _ in range(passes - len(plan)):
+                    self._idle_pass(backward=False)
         return LossContext.from_totals(self.reduce_sum(totals), stats)
+
+    def _logprobs(self, input_ids, attention, **kwargs):
+        """`causal_lm_logprobs` of the policy, through the FSDP2 root when sharded."""
+        if self.sharded:
+            return self._root(input_ids, attention, **kwargs)
+        return causal_lm_logprobs(self.model, input_ids, attention, **kwargs)
+
+    def _idle_pass(self, backward: bool) -> None:
+        """A forward (and backward) of one pad-token row with a zero loss: a sharded rank with fewer
+        micro-batches than the others still joins FSDP2's all-gathers and reduce-scatters."""
+        ids = torch.full((1, 2), self.pad_id, dtype=torch.long, device=self.device)
+        with contextlib.nullcontext() if backward else torch.no_grad(), self._autocast():
+            logp, _ = self._logprobs(
+                ids, torch.ones_like(ids), temperature=self.cfg.temperature, chunk_size=2
+            )
+        if backward:
+            (logp.sum() * 0.0).backward()
 
     def _micro_step(
         self, mb: _Rows, ctx: LossContext, grads_pm: list[list[torch.Tensor]] | None
     ) -> LossResult:
         cfg = self.cfg
         with self._autocast():
-            logp, entropy = causal_lm_logprobs(
-                self.model,
+            logp, entropy = self._logprobs(
                 mb.input_ids,
                 mb.attention,
                 temperature=cfg.temperature,
@@ -436,7 +516,10 @@ class Learner:
         return res
 
     def _scaled(self, loss: torch.Tensor) -> torch.Tensor:
-        """fp16: the loss times the scaler's scale, so small gradients do not underflow."""
+        """fp16: the loss times the scaler's scale, so small gradients do not underflow. Sharded: times the
+        world size, because FSDP2 averages the ranks' gradients where the seam needs their sum."""
+        if self.sharded:
+            loss = loss * self.dist.world
         return self.scaler.scale(loss) if self.scaler is not None else loss
 
     def _loss_scale(self) -> float:
@@ -447,7 +530,10 @@ class Learner:
         cfg = self.cfg
         if self.scaler is not None:
             self.scaler.unscale_(self.opt)
-        norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm or float("inf")).item()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm or float("inf"))
+        # Sharded: a DTensor whose full value is the norm over every rank's shards (the same on all ranks,
+        # so every rank takes the same skip decision).
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         bad_loss, bad_grad = not math.isfinite(loss_total), not math.isfinite(norm)
         # fp16: an overflowing gradient with a finite loss is the scaler's business (it lowers its scale).
         overflow = self.scaler is not None and bad_grad and not bad_loss
@@ -487,16 +573,31 @@ class Learner:
     # ------------------------------------------------------------------ checkpointing
 
     def state_dict(self) -> dict:
-        return {
-            "version": self.version,
-            "optimizer": self.opt.state_dict(),
-            "lr_sched": self.lr_sched.state_dict(),
-        }
+        """Version, optimiser and schedule. Sharded: the optimiser's state lives in the sharded checkpoint
+        (`distributed.save_sharded`), so it is left empty here."""
+        opt = {"state": {}, "param_groups": []} if self.sharded else self.opt.state_dict()
+        return {"version": self.version, "optimizer": opt, "lr_sched": self.lr_sched.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        """The inverse of `state_dict`; sharded, load the optimiser with `distributed.load_sharded` first."""
         self.version = state["version"]
-        self.opt.load_state_dict(state["optimizer"])
+        if not self.sharded:
+            self.opt.load_state_dict(state["optimizer"])
         self.lr_sched.load_state_dict(state["lr_sched"])
+
+
+class _LogProbs(torch.nn.Module):
+    """The FSDP2 root of a sharded learner: its forward is `causal_lm_logprobs` of the wrapped model."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention, **kwargs):
+        logp, entropy = causal_lm_logprobs(self.model, input_ids, attention, **kwargs)
+        # Fresh tensors, not views: FSDP2 hooks its backward onto the root's outputs, and an in-place op on
+        # a view output would drop that hook.
+        return logp.clone(), None if entropy is None else entropy.clone()
 
 
 def _flatten(batch: Batch) -> tuple[list[Sample], int]:
@@ -507,13 +608,24 @@ def _flatten(batch: Batch) -> tuple[list[Sample], int]:
     return [s for g in batch.groups for s in g.samples], sizes.pop()
 
 
-def _combine_objective_metrics(results: list[LossResult]) -> dict[str, float]:
-    """The objective's scalar metrics over all micro-batches: means weighted by their response counts."""
+def _cpu_terms(terms: ResponseTerms) -> ResponseTerms:
+    """`terms` on the CPU (to be gathered across ranks)."""
+    return ResponseTerms(
+        **{
+            f.name: None if getattr(terms, f.name) is None else getattr(terms, f.name).cpu()
+            for f in fields(terms)
+        }
+    )
+
+
+def _combine_objective_metrics(parts: list[tuple[ResponseTerms, dict]]) -> dict[str, float]:
+    """The objective's scalar metrics over all micro-batches (terms, metrics): means weighted by their
+    response counts."""
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
-    for r in results:
-        n = float(r.terms.adv.numel())
-        for k, v in r.objective_metrics.items():
+    for terms, objective_metrics in parts:
+        n = float(terms.adv.numel())
+        for k, v in objective_metrics.items():
             if not math.isnan(v):
                 sums[k] = sums.get(k, 0.0) + n * v
                 counts[k] = counts.get(k, 0.0) + n

@@ -5,10 +5,17 @@
 
 All validation (names, paths, shapes of the config, engine/objective compatibility) happens before any
 model is loaded or process started. The runtime reports through callbacks and never imports the CLI.
+
+With `learner.parallel.procs = N > 1` (docs/scaling.md) `train()` starts N learner ranks with torch's
+elastic launcher (or, under `torchrun`, every rank enters `train()` itself). Rank 0 runs the loop below and
+owns the backend, scheduler, buffer, metrics, evaluation and checkpoint files; the other ranks follow
+(`_follow`): they receive each batch, take part in the sharded step, the weight gather and the sharded
+checkpoint writes. In-process callbacks cannot cross into the ranks, so they need procs=1.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -19,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from asympo.checkpoint import (
     atomic_write_text,
@@ -29,6 +37,19 @@ from asympo.checkpoint import (
 )
 from asympo.config import TrainConfig
 from asympo.data.problem import Problem
+from asympo.distributed import (
+    SHARDED_META,
+    SINGLE,
+    DistContext,
+    RankFailed,
+    full_state_dict,
+    init_from_env,
+    launch,
+    load_sharded,
+    rank_device,
+    save_sharded,
+    under_launcher,
+)
 from asympo.engines.base import SamplingParams
 from asympo.evaluate import load_task
 from asympo.learner import Learner, NonFiniteStepsError, master_dtype, resolve_precision
@@ -36,6 +57,7 @@ from asympo.loggers import check_backends, make_loggers
 from asympo.lora import policy_copy, policy_state_dict
 from asympo.modelpath import check_model_path
 from asympo.runtime.backend import Backend, WorkerSpec
+from asympo.runtime.records import Batch
 from asympo.runtime.scheduler import PromptScheduler
 from asympo.runtime.staleness import make_policy
 
@@ -168,6 +190,31 @@ def validate(cfg: TrainConfig) -> None:
             )
 
 
+def check_parallel(cfg: TrainConfig, ckpt: Path | None) -> None:
+    """What a sharded learner cannot do, and a resume with another number of ranks: refused before any rank
+    starts (the optimiser state of a sharded checkpoint is in its shards, readable only by as many ranks)."""
+    par = cfg.learner.parallel
+    if par.enabled and cfg.model.lora:
+        raise ValueError(
+            "model.lora with learner.parallel.kind=fsdp2 is not supported (the adapter is small enough for "
+            "one device); set learner.parallel.kind=none or drop model.lora"
+        )
+    if ckpt is None:
+        return
+    meta = ckpt / SHARDED_META
+    written = json.loads(meta.read_text())["world_size"] if meta.exists() else 1
+    running = par.procs  # 1 unless kind=fsdp2
+    if written != running:
+        raise ValueError(
+            f"checkpoint {ckpt} was written by {written} learner rank(s), this run has {running}; resume with "
+            + (
+                "learner.parallel.kind=none"
+                if written == 1
+                else f'learner.parallel=\'{{"kind": "fsdp2", "procs": {written}}}\''
+            )
+        )
+
+
 def make_backend(cfg: TrainConfig, spec: WorkerSpec, scheduler: PromptScheduler) -> Backend:
     """The rollout side of the run; the scheduler carries the staleness policy every part asks."""
     if cfg.backend == "ray":
@@ -181,6 +228,9 @@ def make_backend(cfg: TrainConfig, spec: WorkerSpec, scheduler: PromptScheduler)
             max_restarts=cfg.rollout.max_restarts,
             ray_address=cfg.ray.address,
             worker_resources=cfg.ray.worker_resources or None,
+            # GPU learner ranks get a reserved GPU each; CPU ranks share the driver node's cores.
+            learner_ranks=cfg.learner.parallel.procs if cfg.learner.parallel.procs > 1 else 0,
+            learner_bundle={"GPU": 1, "CPU": 1} if cfg.model.device.startswith("cuda") else None,
         )
     from asympo.runtime.local import InlineBackend, ProcessBackend
 
@@ -309,11 +359,13 @@ class HeldOutEval:
 
     @staticmethod
     def snapshot(model) -> dict:
-        """A copy of `model`'s weights that the learner's next step cannot change."""
-        return {k: v.detach().clone() for k, v in policy_state_dict(model).items()}
+        """A copy of the weights of `model` (a module, or a state dict such as a sharded learner's gathered
+        weights) that the learner's next step cannot change."""
+        state = model if isinstance(model, dict) else policy_state_dict(model)
+        return {k: v.detach().clone() for k, v in state.items()}
 
     def __call__(self, model=None) -> dict:
-        """Evaluate now (the weights of `model`, or those loaded last) and return the result."""
+        """Evaluate now (the weights of `model`, a module or state dict, or those loaded last)."""
         self.join_pending()
         return self._evaluate(self.snapshot(model) if model is not None else None)
 
@@ -350,24 +402,45 @@ class HeldOutEval:
 
 def train(
     cfg: TrainConfig, *, resume: bool = False, progress: bool = True, callbacks: list[Callback] | None = None
-) -> RunResult:
-    """Run (or with `resume=True`, continue) the training described by `cfg`."""
+) -> RunResult | None:
+    """Run (or with `resume=True`, continue) the training described by `cfg`.
+
+    With learner.parallel.procs > 1 outside a launcher, starts the learner ranks and returns rank 0's result;
+    a rank that dies raises `RankFailed` naming it and the checkpoint to resume from. Under a launcher
+    (torchrun), the ranks other than 0 return None."""
     from transformers import AutoTokenizer
 
     t_start = time.monotonic()
     callbacks = callbacks or []
-    out = Path(cfg.out)
-    validate(cfg)
-    ckpt_root = out / "checkpoints"
-    # The newest intact checkpoint: damaged newer ones are skipped with a warning naming them.
-    ckpt = latest_checkpoint(ckpt_root, strict=True) if resume else None
-    if resume and ckpt is None:
-        raise FileNotFoundError(f"--resume: no checkpoint under {ckpt_root}")
-    if not resume and (out / "metrics.jsonl").exists():
-        raise FileExistsError(
-            f"{out} already holds a run (metrics.jsonl); pass --resume to continue it or choose another --out"
+    par = cfg.learner.parallel
+    if par.procs > 1 and not under_launcher():
+        if callbacks:
+            raise ValueError(
+                "train(callbacks=...) cannot reach the learner ranks of learner.parallel.procs > 1 (rank 0 is "
+                "another process); use learner.parallel.procs=1 for in-process callbacks, or logging.backends"
+            )
+        _preflight(cfg, resume)  # config, paths and checkpoint errors surface here, before any rank starts
+        try:
+            return launch(_train_rank, (cfg, resume, progress), par.procs)
+        except RankFailed as e:
+            last_good = latest_checkpoint(Path(cfg.out) / "checkpoints")
+            where = (
+                f"resume from the last good checkpoint {last_good} with --resume (same learner.parallel)"
+                if last_good
+                else "no checkpoint was written yet"
+            )
+            raise RankFailed(f"{e}; {where}") from None
+    dist = init_from_env(cfg.model.device, par.backend) if par.enabled else SINGLE
+    if under_launcher() and par.enabled and dist.world != par.procs:
+        raise ValueError(
+            f"learner.parallel.procs={par.procs} but the launcher started {dist.world} ranks; set "
+            f"learner.parallel.procs={dist.world} (torchrun --nproc-per-node must match it)"
         )
-    check_writable(out)
+    if not dist.is_main:
+        return _follow(cfg, dist)
+    out = Path(cfg.out)
+    ckpt_root = out / "checkpoints"
+    ckpt = _preflight(cfg, resume)
 
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -377,14 +450,25 @@ def train(
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - busy))
     model_path = resolve_model_path(cfg, progress=progress)
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
-    model, reference = load_policy(cfg, model_path, ckpt)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    # The followers load the same model (and checkpoint) as rank 0: the SFT warm-up runs here only.
+    dist.broadcast(_Setup(model_path, None if ckpt is None else str(ckpt), pad_id))
+    model, reference = load_policy(cfg, model_path, ckpt)
+    # Sharded, rank 0 keeps a plain copy: the held-out eval's source and the consolidated HF export.
+    plain = copy.deepcopy(model).to(rank_device(cfg.model.device, dist)) if dist.distributed else None
     train_problems = load_task(cfg.task, cfg.task.train_split, tokenizer)
     eval_problems = load_task(cfg.task, cfg.task.eval_split, tokenizer)
 
     if not resume:
         atomic_write_text(out / "config.json", cfg.to_json())
-    learner = Learner(model, cfg.learner, pad_id=pad_id, device=cfg.model.device, reference=reference)
+    learner = Learner(
+        model,
+        cfg.learner,
+        pad_id=pad_id,
+        device=rank_device(cfg.model.device, dist),
+        reference=reference,
+        dist=dist,
+    )
     scheduler = PromptScheduler(
         train_problems,
         prompts_per_step=cfg.rollout.prompts_per_step,
@@ -429,6 +513,8 @@ def train(
         raise
     start_step, history = 0, None
     if ckpt is not None:
+        if dist.distributed:
+            load_sharded(ckpt, learner.model, learner.opt, dist)
         learner_state, trainer_state = load_training_state(ckpt)
         learner.load_state_dict(learner_state)
         backend.load_state_dict(trainer_state["backend"])
@@ -437,7 +523,7 @@ def train(
         for name in ("metrics.jsonl", "eval.jsonl", "groups.jsonl"):
             _truncate_jsonl(out / name, start_step)
 
-    evaluator = HeldOutEval(cfg, learner.model, tokenizer, eval_problems)
+    evaluator = HeldOutEval(cfg, plain if dist.distributed else learner.model, tokenizer, eval_problems)
     learner.model.train()
     loggers = make_loggers(cfg, out, resume=resume)
     callbacks = [*callbacks, *loggers]
@@ -459,8 +545,23 @@ def train(
         for done_eval in evaluator.join_pending():
             log_eval(*done_eval)
         t0 = time.monotonic()
-        return log_eval(step, evaluator(learner.model), time.monotonic() - t0)
+        # Sharded: the gathered weights (a forward of the sharded model on rank 0 alone would hang).
+        return log_eval(
+            step, evaluator(weights if dist.distributed else learner.model), time.monotonic() - t0
+        )
 
+    def gather() -> dict:
+        """The full weights to publish (sharded: a collective every rank joins, `_follow`)."""
+        if not dist.distributed:
+            return policy_state_dict(learner.model)
+        return full_state_dict(learner.model, dist)
+
+    def save_shards(tmp: Path) -> None:
+        """Every rank writes its shard of the model and optimiser into checkpoint directory `tmp`."""
+        dist.broadcast(_Order("checkpoint", path=str(tmp)))
+        save_sharded(tmp, learner.model, learner.opt, dist)
+
+    weights = gather()
     if start_step == 0:
         pass1_before = run_eval(0)
     bar = _Progress(cfg.steps, start_step, enabled=progress)
@@ -474,11 +575,12 @@ def train(
         for logger in loggers:
             logger.close()
 
-    backend.start(policy_state_dict(learner.model), learner.version, history=history)
+    backend.start(weights, learner.version, history=history)
     failed = True
     try:
         for step in range(start_step, cfg.steps):
             batch = backend.next_batch(learner.version, cfg.rollout.prompts_per_step)
+            dist.broadcast(_Order("step", step=step, batch=batch))
             try:
                 m = learner.step(batch)
             except NonFiniteStepsError as e:
@@ -489,8 +591,12 @@ def train(
                     else "no checkpoint was written yet"
                 )
                 raise NonFiniteStepsError(f"step {step}: {e}; {where}", e.version) from e
-            backend.publish(policy_state_dict(learner.model), learner.version)
+            t_gather = time.monotonic()
+            weights = gather()
+            backend.publish(weights, learner.version)
             m["step"] = step
+            if dist.distributed:
+                m["time/weight_gather"] = time.monotonic() - t_gather
             m["time/wait"] = batch.time_wait
             m["time/generate"] = sum(g.time_generate for g in batch.groups)
             m["time/weight_sync"] = sum(g.time_weight_sync for g in batch.groups)
@@ -515,23 +621,27 @@ def train(
             if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.steps:
                 if cfg.mode == "async":
                     # The learner keeps training while a snapshot of these weights is evaluated.
-                    for done_eval in evaluator.submit(done, learner.model):
+                    for done_eval in evaluator.submit(done, weights if dist.distributed else learner.model):
                         log_eval(*done_eval)
                 else:
                     run_eval(done)
             if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps:
+                if plain is not None:  # the consolidated HF export of the sharded weights
+                    plain.load_state_dict(weights)
                 save_checkpoint(
                     ckpt_root,
                     done,
-                    model=learner.model,
+                    model=plain if plain is not None else learner.model,
                     tokenizer=tokenizer,
                     learner_state=learner.state_dict(),
                     trainer_state={"backend": backend.state_dict()},
                     weight_history=backend.history(),
                     keep=cfg.keep_checkpoints,
+                    write_extra=save_shards if dist.distributed else None,
                 )
             bar.update(m)
         failed = False
+        dist.broadcast(_Order("stop"))
     finally:
         bar.close()
         backend.close()
@@ -557,6 +667,83 @@ def train(
 
         write_report(out)
     return RunResult(out, cfg.steps, pass1_before, pass1_after, wall, last)
+
+
+def _preflight(cfg: TrainConfig, resume: bool) -> Path | None:
+    """Every check that needs no model; returns the checkpoint to resume from (None for a new run)."""
+    out = Path(cfg.out)
+    validate(cfg)
+    ckpt_root = out / "checkpoints"
+    # The newest intact checkpoint: damaged newer ones are skipped with a warning naming them.
+    ckpt = latest_checkpoint(ckpt_root, strict=True) if resume else None
+    if resume and ckpt is None:
+        raise FileNotFoundError(f"--resume: no checkpoint under {ckpt_root}")
+    if not resume and (out / "metrics.jsonl").exists():
+        raise FileExistsError(
+            f"{out} already holds a run (metrics.jsonl); pass --resume to continue it or choose another --out"
+        )
+    check_parallel(cfg, ckpt)
+    check_writable(out)
+    return ckpt
+
+
+# ------------------------------------------------------------------------------------- the learner ranks
+
+KILL_ENV = "ASYMPO_TEST_KILL_RANK"
+"""Test hook: "<rank>:<step>" makes that follower rank exit (code 17) as it receives that step's batch."""
+
+
+@dataclass
+class _Setup:
+    """Rank 0 -> the followers, once: what to load."""
+
+    model_path: str
+    ckpt: str | None
+    pad_id: int
+
+
+@dataclass
+class _Order:
+    """Rank 0 -> the followers, per collective: `step` (train on `batch`, then gather the weights),
+    `checkpoint` (write this rank's shard into `path`) or `stop`."""
+
+    kind: str
+    step: int = -1
+    batch: Batch | None = None
+    path: str = ""
+
+
+@record  # the rank's exception reaches the launcher, which names it in RankFailed
+def _train_rank(cfg: TrainConfig, resume: bool, progress: bool) -> RunResult | None:
+    """The entry point of a rank started by `launch` (module level, so spawn can import it)."""
+    return train(cfg, resume=resume, progress=progress)
+
+
+def _follow(cfg: TrainConfig, dist: DistContext) -> None:
+    """A learner rank other than 0: load the same model, then join every collective rank 0 orders."""
+    setup: _Setup = dist.broadcast(None)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    ckpt = Path(setup.ckpt) if setup.ckpt else None
+    model, _ = load_policy(cfg, setup.model_path, ckpt)
+    device = rank_device(cfg.model.device, dist)
+    learner = Learner(model, cfg.learner, pad_id=setup.pad_id, device=device, dist=dist)
+    if ckpt is not None:
+        load_sharded(ckpt, learner.model, learner.opt, dist)
+        learner.load_state_dict(load_training_state(ckpt)[0])
+    full_state_dict(learner.model, dist)  # rank 0's first gather (the weights the rollout starts from)
+    kill = os.environ.get(KILL_ENV, "")
+    while True:
+        order: _Order = dist.broadcast(None)
+        if order.kind == "stop":
+            return None
+        if order.kind == "checkpoint":
+            save_sharded(Path(order.path), learner.model, learner.opt, dist)
+            continue
+        if kill == f"{dist.rank}:{order.step}":
+            os._exit(17)
+        learner.step(order.batch)
+        full_state_dict(learner.model, dist)
 
 
 class _Progress:

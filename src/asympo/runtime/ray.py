@@ -11,7 +11,10 @@ processes and queues:
   staleness buffer, and restarts an actor that dies (its prompts are re-queued, it is given the weight
   versions its tasks may need).
 
-The learner stays in the driver process. `init_ray` starts a loopback-only local cluster, or connects to
+The learner stays in the driver process; a learner of N > 1 ranks (`learner.parallel`, docs/scaling.md)
+runs them on the driver's node with torch's launcher, and on GPUs the backend first reserves them a Ray
+placement group there (`reserve_learner_ranks`: one bundle of one GPU per rank), so that no rollout actor
+is ever placed on a learner GPU. `init_ray` starts a loopback-only local cluster, or connects to
 a running one (`address="auto"` or "host:port"), and ships the driver's `asympo` package to the workers.
 """
 
@@ -114,6 +117,27 @@ def actor_options(spec: WorkerSpec, worker_resources: dict | None) -> dict:
     return opts
 
 
+def reserve_learner_ranks(procs: int, bundle: dict, timeout_s: float = 60.0):
+    """A placement group of `procs` bundles (e.g. {"GPU": 1, "CPU": 1}), all on this driver's node, where the
+    launcher runs the learner ranks. Reserved resources leave Ray's general pool, so actors scheduled
+    outside the group (the rollout workers) never land on them. Raises naming what the node lacks."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    # Every node offers the resource "node:<ip>"; a sliver of it pins a bundle to that node.
+    here = {**bundle, f"node:{ray.util.get_node_ip_address()}": 0.001}
+    pg = placement_group([dict(here) for _ in range(procs)], strategy="STRICT_PACK")
+    try:
+        ray.get(pg.ready(), timeout=timeout_s)
+    except (RayError, TimeoutError) as e:
+        remove_placement_group(pg)
+        raise RuntimeError(
+            f"cannot reserve {procs} learner rank(s) of {bundle} on the driver's node within {timeout_s:.0f}s "
+            f"(the cluster has {ray.cluster_resources()}); run the driver on a node with enough GPUs or lower "
+            "learner.parallel.procs"
+        ) from e
+    return pg
+
+
 # ---------------------------------------------------------------------------------------------- actor
 
 
@@ -187,7 +211,11 @@ class RayBackend(DispatchingBackend):
         max_restarts: int = 3,
         ray_address: str | None = None,
         worker_resources: dict | None = None,
+        learner_ranks: int = 0,
+        learner_bundle: dict | None = None,
     ):
+        """`learner_ranks` > 0 with a `learner_bundle`: reserve that many bundles for the learner ranks
+        on the driver's node before any rollout actor starts (`reserve_learner_ranks`)."""
         super().__init__(scheduler, batch_timeout_s=batch_timeout_s, max_restarts=max_restarts)
         if not isinstance(num_workers, int) or num_workers < 1:
             raise ValueError(f"rollout.num_workers must be an int >= 1, got {num_workers!r}")
@@ -204,11 +232,15 @@ class RayBackend(DispatchingBackend):
         self._waiting: list[PromptTask] = []  # issued, not yet sent to an actor
         self._owns_ray = False
         self._closed = False
+        self.learner_ranks, self.learner_bundle = learner_ranks, learner_bundle
+        self.learner_group = None  # the placement group of the learner ranks, while reserved
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, state: State, version: int, history: dict[int, State] | None = None) -> None:
         self._owns_ray = init_ray(self.ray_address)
+        if self.learner_ranks and self.learner_bundle:
+            self.learner_group = reserve_learner_ranks(self.learner_ranks, self.learner_bundle)
         self.slots = [_Slot(i, self._spawn(i)) for i in range(self.num_workers)]
         # Wait for the workers to be built, so that a bad model path or engine fails here, clearly.
         try:
@@ -236,6 +268,11 @@ class RayBackend(DispatchingBackend):
             self.slots = []
             self._history = WeightStore()  # drop the references: the object store may free the weights
         self.buffer.close("backend closed")
+        if self.learner_group is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self.learner_group)
+            self.learner_group = None
         if self._owns_ray:
             ray.shutdown()
             self._owns_ray = False
