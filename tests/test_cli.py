@@ -167,3 +167,47 @@ def test_a_full_disk_names_the_path(capsys, tmp_path, monkeypatch):
     code, err = run_cli(capsys, "train", "--preset", "demo", "--out", str(tmp_path / "o"), "--no-progress")
     assert code == 1
     assert "cannot write" in err and "No space left on device" in err and "Traceback" not in err
+
+
+def test_a_run_stopped_by_the_nan_guard_names_the_step_and_the_last_good_checkpoint(
+    capsys, tmp_path, tiny_model_dir, monkeypatch
+):
+    """Losses that turn NaN after the first checkpoint, until `learner.max_skipped_steps` in a row: one line,
+    exit 2, no traceback, naming the step and the newest checkpoint the run wrote."""
+    import asympo.train
+    from tests import nan_objective
+
+    save = asympo.train.save_checkpoint
+
+    def save_then_poison(*args, **kwargs):
+        save(*args, **kwargs)
+        nan_objective.POISONED["on"] = True
+
+    monkeypatch.setattr(asympo.train, "save_checkpoint", save_then_poison)
+    monkeypatch.setitem(nan_objective.POISONED, "on", False)
+    out = tmp_path / "o"
+    sets = {
+        "mode": "sync",
+        "model.path": json.dumps(str(tiny_model_dir)),
+        "rollout.prompts_per_step": 2,
+        "rollout.group_size": 2,
+        "rollout.max_new_tokens": 3,
+        "checkpoint_every": 1,
+        "learner.max_skipped_steps": 2,
+        "report": "false",
+    }
+    args = ["train", "--preset", "demo", "--out", str(out), "--no-progress", "--steps", "8"]
+    args += ["--objective", "tests.nan_objective:nan_when_poisoned"]
+    for key, value in sets.items():
+        args += ["--set", f"{key}={value}"]
+    code, err = run_cli(capsys, *args)
+    assert code == 2, err
+    assert "Traceback" not in err
+    # Step 0 trains and is checkpointed, steps 1 and 2 are skipped (the run checkpoints after step 1 too:
+    # a skipped step leaves the weights as they were), step 2 is the second in a row.
+    line = err.splitlines()[-1]  # earlier lines are transformers' loading bars
+    assert line.startswith("asympo: error: step 2: "), err
+    assert "2 steps in a row had a non-finite loss" in line and "learner.max_skipped_steps=2" in line
+    ckpts = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
+    assert ckpts == ["step_00000001", "step_00000002"], ckpts
+    assert line.endswith(f"the last good checkpoint is {out / 'checkpoints' / 'step_00000002'}"), line

@@ -478,6 +478,16 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"asympo: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        # The NaN guard gave up (learner.max_skipped_steps non-finite steps in a row): the message names the
+        # step and the last good checkpoint, which is all the user needs; a traceback would bury it. Looked up
+        # in sys.modules so that `asympo --help` does not import torch (if learner was never imported, this
+        # cannot be its error).
+        learner = sys.modules.get("asympo.learner")
+        if learner is None or not isinstance(e, learner.NonFiniteStepsError):
+            raise
+        print(f"asympo: error: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
         if e.errno not in DISK_ERRNOS or e.filename is None:
             raise
