@@ -60,16 +60,24 @@ class WorkerSpec:
     engine_kwargs: dict = field(default_factory=dict)
     reward_workers: int = 0
     reward_timeout_s: float = 5.0
+    reward_batch_timeout_s: float | None = 60.0
+    """The reward pool's deadline for grading one whole batch (RewardPoolConfig.batch_timeout_s)."""
     threads: int = 1
     policy: StalenessPolicy = SYNC
     """The run's staleness policy: which weight versions a worker uses and keeps."""
 
 
-def make_scorer(reward: str, num_workers: int = 0, timeout_s: float = 5.0) -> Scorer:
-    """A scorer over the named reward function, run in a process pool with timeouts when num_workers > 0."""
+def make_scorer(
+    reward: str, num_workers: int = 0, timeout_s: float = 5.0, batch_timeout_s: float | None = 60.0
+) -> Scorer:
+    """A scorer over the named reward function, run in a process pool with timeouts when num_workers > 0:
+    `timeout_s` per response, `batch_timeout_s` per batch (None: no batch deadline)."""
     from asympo.rewards.pool import RewardPool, RewardPoolConfig
 
-    pool = RewardPool(reward, RewardPoolConfig(num_workers=num_workers, timeout_s=timeout_s))
+    pool = RewardPool(
+        reward,
+        RewardPoolConfig(num_workers=num_workers, timeout_s=timeout_s, batch_timeout_s=batch_timeout_s),
+    )
 
     def score(completions: list[str], references: list[str]) -> tuple[list[float], dict[str, int]]:
         result = pool.score_batch(completions, references)
@@ -93,7 +101,7 @@ def build_worker(spec: WorkerSpec, worker_id: int = 0) -> RolloutWorker:
         engine = make_engine(spec.engine, model=spec.model_path, **spec.engine_kwargs)
     if spec.sampling.return_logprobs and not engine.supports_logprobs:
         raise ValueError(f"engine {spec.engine!r} cannot return the log-probs this objective needs")
-    scorer = make_scorer(spec.reward, spec.reward_workers, spec.reward_timeout_s)
+    scorer = make_scorer(spec.reward, spec.reward_workers, spec.reward_timeout_s, spec.reward_batch_timeout_s)
     return RolloutWorker(engine, scorer, spec.sampling, worker_id=worker_id, policy=spec.policy)
 
 
