@@ -211,3 +211,46 @@ def test_a_run_stopped_by_the_nan_guard_names_the_step_and_the_last_good_checkpo
     ckpts = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
     assert ckpts == ["step_00000001", "step_00000002"], ckpts
     assert line.endswith(f"the last good checkpoint is {out / 'checkpoints' / 'step_00000002'}"), line
+
+
+@pytest.mark.parametrize("command", ["demo", "train", "eval", "study", "report", "objectives", "serve"])
+def test_every_subcommand_has_a_help(capsys, command):
+    from asympo.cli import build_parser
+
+    assert command in build_parser()._subparsers._group_actions[0].choices  # a new command gets a row here
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: asympo {command}")
+
+
+def test_help_config_lists_every_field_aligned(capsys):
+    from asympo.config import describe
+
+    assert main(["train", "--help-config"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out] == [key for key, _, _ in describe()]
+    assert "rollout.reward_batch_timeout_s" in [line.split()[0] for line in out]
+    # The default column starts at the same place on every line, the longest key's too.
+    starts = {len(line) - len(line[len(line.split()[0]) :].lstrip()) for line in out}
+    assert len(starts) == 1, starts
+
+
+def test_objectives_lists_only_user_hyperparameters(capsys):
+    assert main(["objectives"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert set(rows) == {"naive", "spo", "asympo", "grpo", "gspo", "cispo"}
+    assert rows["asympo"].endswith("hparams: eps=1e-06, rescale='none'")  # no internal batch statistic
+    assert "batch_nll" not in "".join(rows.values()) and "ctx" not in "".join(rows.values())
+
+
+def test_serve_without_fastapi_names_the_extra(capsys, monkeypatch):
+    """`--help` works without the extra; running it is one line naming the extra, before any model load."""
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # `import fastapi` now raises ImportError
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--help"])
+    assert e.value.code == 0 and "ASYMPO_SERVE_API_KEY" in capsys.readouterr().out
+    code, err = run_cli(capsys, "serve", "--model", "/nonexistent/model")
+    assert code == 2
+    assert err.startswith("asympo: error: asympo serve needs FastAPI and uvicorn") and err.count("\n") == 1
+    assert "pip install 'asympo[serve]'" in err

@@ -167,8 +167,10 @@ def resume_config(args: argparse.Namespace):
 def _print_config_help() -> None:
     from asympo.config import describe
 
-    for key, default, doc in describe():
-        print(f"{key:28s} {default:22s} {doc}")
+    rows = describe()
+    width = max(len(key) for key, _, _ in rows)  # aligned however long a field name gets
+    for key, default, doc in rows:
+        print(f"{key:{width}s}  {default:22s} {doc}")
 
 
 def _print_presets() -> None:
