@@ -254,3 +254,13 @@ def test_serve_without_fastapi_names_the_extra(capsys, monkeypatch):
     assert code == 2
     assert err.startswith("asympo: error: asympo serve needs FastAPI and uvicorn") and err.count("\n") == 1
     assert "pip install 'asympo[serve]'" in err
+
+
+def test_rollout_serve_without_fastapi_names_the_extra_before_starting_a_server(monkeypatch, tmp_path):
+    from asympo.serve import ServerProcess
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    server = ServerProcess("/nonexistent/model", log_path=tmp_path / "serve.log")
+    with pytest.raises(ImportError, match=r"pip install 'asympo\[serve\]'"):
+        server.start()
+    assert server.proc is None and not (tmp_path / "serve.log").exists()

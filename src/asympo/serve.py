@@ -464,6 +464,7 @@ class ServerProcess:
         self.url: str | None = None
 
     def start(self) -> str:
+        require_serve_extra()  # a one-line error here, not a child that dies with a traceback in serve.log
         port = free_port()
         cmd = [sys.executable, "-m", "asympo", "serve", "--model", self.model, "--port", str(port)]
         cmd += ["--device", self.device, "--dtype", self.dtype, "--parent-pid", str(os.getpid())]
