@@ -154,10 +154,11 @@ def test_a_group_without_token_ids_is_dropped_with_a_reason_and_replaced():
     from asympo.runtime.buffer import BufferConfig
     from asympo.runtime.records import RolloutGroup, Sample
     from asympo.runtime.scheduler import PromptScheduler
+    from asympo.runtime.staleness import make_policy
 
     problems = [Problem(f"p{i}", f"{i}+1=", str(i + 1)) for i in range(10)]
-    sched = PromptScheduler(problems, prompts_per_step=2, group_size=2, buffer=BufferConfig())
-    backend = BackendBase(sched, BufferConfig())
+    sched = PromptScheduler(problems, prompts_per_step=2, group_size=2, policy=make_policy(BufferConfig()))
+    backend = BackendBase(sched)
     tasks = sched.issue(0)
 
     def group(task, prompt_ids, response_ids):
@@ -169,3 +170,7 @@ def test_a_group_without_token_ids_is_dropped_with_a_reason_and_replaced():
     assert backend.metrics()["dropped/no_token_ids"] == 1.0 and len(backend.buffer) == 1
     replacement = sched.issue(0)  # a fresh prompt for the same step takes the dropped one's place
     assert [t.batch_index for t in replacement] == [tasks[0].batch_index]
+    backend._arrived(group(replacement[0], [1], [3]))
+    batch = backend._take(0, 2, timeout=0)  # the drop is reported with the batch (groups.jsonl lists it)
+    assert [(d.group_id, d.reason) for d in batch.dropped] == [(tasks[0].group_id, "no_token_ids")]
+    assert sorted(g.group_id for g in batch.groups) == sorted([tasks[1].group_id, replacement[0].group_id])

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from asympo.engines.base import SamplingParams
 from asympo.runtime.buffer import StalenessBuffer
-from asympo.runtime.records import Batch, RolloutGroup
+from asympo.runtime.records import Batch, DropRecord, RolloutGroup
 from asympo.runtime.scheduler import PromptScheduler
 from asympo.runtime.staleness import SYNC, StalenessPolicy
 from asympo.runtime.sync import State
@@ -119,6 +119,9 @@ class BackendBase:
         self.reward_errors = 0
         self.max_restarts = max_restarts  # per worker; one that dies more often stops the run
         self.restarts: Counter[int] = Counter()  # worker index -> restarts after dying
+        # Groups dropped as they arrived (no token ids), reported with the next batch so that groups.jsonl
+        # names every group that was not trained on.
+        self._dropped_on_arrival: list[DropRecord] = []
 
     def _take_once(self, learner_version: int, n_groups: int, timeout: float | None):
         """`buffer.take`, then a fresh prompt for the current step in place of each group it dropped (the
@@ -128,6 +131,13 @@ class BackendBase:
             for _ in drops:
                 self.scheduler.replace_dropped(learner_version)
         return ready, drops
+
+    def _batch(self, ready: list[RolloutGroup], learner_version: int, t0: float, dropped: list) -> Batch:
+        """The learner's batch, with every group dropped since the last one (on arrival or as stale)."""
+        with self.lock:
+            dropped = self._dropped_on_arrival + dropped
+            self._dropped_on_arrival = []
+        return Batch(ready, learner_version, time.monotonic() - t0, dropped)
 
     def _take(self, learner_version: int, n_groups: int, timeout: float | None) -> Batch:
         """Wait (up to `timeout` seconds in all) for the batch the policy admits at `learner_version`."""
@@ -146,7 +156,7 @@ class BackendBase:
                 ) from None
             dropped += drops
             if ready is not None:
-                return Batch(ready, learner_version, time.monotonic() - t0, dropped)
+                return self._batch(ready, learner_version, t0, dropped)
 
     def _arrived(self, group: RolloutGroup) -> None:
         with self.lock:
@@ -156,7 +166,12 @@ class BackendBase:
             if any(not s.prompt_ids or not s.response_ids for s in group.samples):
                 # No tokens to score (e.g. a text-only server and no tokenizer): never trained on; counted
                 # with its reason and replaced by a fresh prompt for the same step.
-                self.drop_reasons["no_token_ids"] += 1
+                reason = "no_token_ids"
+                counts = self.buffer.state.dropped  # the policy state's drop counts: `dropped/<reason>`
+                counts[reason] = counts.get(reason, 0) + 1
+                self._dropped_on_arrival.append(
+                    DropRecord(group.group_id, group.problem_id, reason, detail="a sample has no token ids")
+                )
                 self.scheduler.replace_dropped(group.batch_index)
                 return
             self.buffer.put(group)
