@@ -213,3 +213,51 @@ def test_kill_during_a_checkpoint_write_leaves_the_previous_one_intact(tmp_path)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".step_00000004")]  # the torn write
     assert latest_checkpoint(tmp_path, strict=True).name == "step_00000003"
     assert verify_checkpoint(tmp_path / "step_00000003") is None
+
+
+def save_step(root, step, model, opt, sched, keep):
+    ls = {"version": step, "optimizer": opt.state_dict(), "lr_sched": sched.state_dict()}
+    return save_checkpoint(root, step, model=model, learner_state=ls, trainer_state={}, keep=keep)
+
+
+def test_a_damaged_checkpoint_does_not_count_as_a_kept_one(tmp_path, caplog):
+    """keep=2 with the newest older checkpoint truncated: the older intact one is kept (a resume can use it),
+    the damaged one is removed with a warning naming it."""
+    model = tiny_model()
+    opt, sched = trained_state(model)
+    for step in (1, 2):
+        save_step(tmp_path, step, model, opt, sched, keep=2)
+    truncate(tmp_path / "step_00000002" / "model.safetensors")
+    with caplog.at_level(logging.WARNING, logger="asympo.checkpoint"):
+        save_step(tmp_path, 3, model, opt, sched, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000001", "step_00000003"]
+    assert all(verify_checkpoint(p) is None for p in list_checkpoints(tmp_path))
+    (warning,) = caplog.records
+    assert "removing damaged checkpoint" in warning.getMessage() and "step_00000002" in warning.getMessage()
+    # The next save prunes as usual: the two newest intact ones stay.
+    save_step(tmp_path, 4, model, opt, sched, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000003", "step_00000004"]
+
+
+def test_a_full_disk_during_a_save_removes_the_temporary_directory(tmp_path, monkeypatch):
+    """ENOSPC from the optimizer's safetensors write: the error reaches the caller (the CLI names the file),
+    no half-written `.step_*.tmp-*` directory is left holding space, and the previous checkpoint is intact."""
+    import errno
+    import os
+
+    import asympo.checkpoint as ck
+
+    model = tiny_model()
+    opt, sched = trained_state(model)
+    save_step(tmp_path, 1, model, opt, sched, keep=2)
+
+    def no_space(tensors, path, *a, **k):
+        Path(path).write_bytes(b"\0" * 100)  # part of the file got written before the disk filled up
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(ck, "save_file", no_space)
+    with pytest.raises(OSError, match="No space left on device") as e:
+        save_step(tmp_path, 2, model, opt, sched, keep=2)
+    assert e.value.errno == errno.ENOSPC and e.value.filename.endswith("optimizer.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_00000001"]
+    assert latest_checkpoint(tmp_path, strict=True).name == "step_00000001"

@@ -167,3 +167,100 @@ def test_a_full_disk_names_the_path(capsys, tmp_path, monkeypatch):
     code, err = run_cli(capsys, "train", "--preset", "demo", "--out", str(tmp_path / "o"), "--no-progress")
     assert code == 1
     assert "cannot write" in err and "No space left on device" in err and "Traceback" not in err
+
+
+def test_a_run_stopped_by_the_nan_guard_names_the_step_and_the_last_good_checkpoint(
+    capsys, tmp_path, tiny_model_dir, monkeypatch
+):
+    """Losses that turn NaN after the first checkpoint, until `learner.max_skipped_steps` in a row: one line,
+    exit 2, no traceback, naming the step and the newest checkpoint the run wrote."""
+    import asympo.train
+    from tests import nan_objective
+
+    save = asympo.train.save_checkpoint
+
+    def save_then_poison(*args, **kwargs):
+        save(*args, **kwargs)
+        nan_objective.POISONED["on"] = True
+
+    monkeypatch.setattr(asympo.train, "save_checkpoint", save_then_poison)
+    monkeypatch.setitem(nan_objective.POISONED, "on", False)
+    out = tmp_path / "o"
+    sets = {
+        "mode": "sync",
+        "model.path": json.dumps(str(tiny_model_dir)),
+        "rollout.prompts_per_step": 2,
+        "rollout.group_size": 2,
+        "rollout.max_new_tokens": 3,
+        "checkpoint_every": 1,
+        "learner.max_skipped_steps": 2,
+        "report": "false",
+    }
+    args = ["train", "--preset", "demo", "--out", str(out), "--no-progress", "--steps", "8"]
+    args += ["--objective", "tests.nan_objective:nan_when_poisoned"]
+    for key, value in sets.items():
+        args += ["--set", f"{key}={value}"]
+    code, err = run_cli(capsys, *args)
+    assert code == 2, err
+    assert "Traceback" not in err
+    # Step 0 trains and is checkpointed, steps 1 and 2 are skipped (the run checkpoints after step 1 too:
+    # a skipped step leaves the weights as they were), step 2 is the second in a row.
+    line = err.splitlines()[-1]  # earlier lines are transformers' loading bars
+    assert line.startswith("asympo: error: step 2: "), err
+    assert "2 steps in a row had a non-finite loss" in line and "learner.max_skipped_steps=2" in line
+    ckpts = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
+    assert ckpts == ["step_00000001", "step_00000002"], ckpts
+    assert line.endswith(f"the last good checkpoint is {out / 'checkpoints' / 'step_00000002'}"), line
+
+
+@pytest.mark.parametrize("command", ["demo", "train", "eval", "study", "report", "objectives", "serve"])
+def test_every_subcommand_has_a_help(capsys, command):
+    from asympo.cli import build_parser
+
+    assert command in build_parser()._subparsers._group_actions[0].choices  # a new command gets a row here
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: asympo {command}")
+
+
+def test_help_config_lists_every_field_aligned(capsys):
+    from asympo.config import describe
+
+    assert main(["train", "--help-config"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out] == [key for key, _, _ in describe()]
+    assert "rollout.reward_batch_timeout_s" in [line.split()[0] for line in out]
+    # The default column starts at the same place on every line, the longest key's too.
+    starts = {len(line) - len(line[len(line.split()[0]) :].lstrip()) for line in out}
+    assert len(starts) == 1, starts
+
+
+def test_objectives_lists_only_user_hyperparameters(capsys):
+    assert main(["objectives"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert set(rows) == {"naive", "spo", "asympo", "grpo", "gspo", "cispo"}
+    assert rows["asympo"].endswith("hparams: eps=1e-06, rescale='none'")  # no internal batch statistic
+    assert "batch_nll" not in "".join(rows.values()) and "ctx" not in "".join(rows.values())
+
+
+def test_serve_without_fastapi_names_the_extra(capsys, monkeypatch):
+    """`--help` works without the extra; running it is one line naming the extra, before any model load."""
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # `import fastapi` now raises ImportError
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--help"])
+    assert e.value.code == 0 and "ASYMPO_SERVE_API_KEY" in capsys.readouterr().out
+    code, err = run_cli(capsys, "serve", "--model", "/nonexistent/model")
+    assert code == 2
+    assert err.startswith("asympo: error: asympo serve needs FastAPI and uvicorn") and err.count("\n") == 1
+    assert "pip install 'asympo[serve]'" in err
+
+
+def test_rollout_serve_without_fastapi_names_the_extra_before_starting_a_server(monkeypatch, tmp_path):
+    from asympo.serve import ServerProcess
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    server = ServerProcess("/nonexistent/model", log_path=tmp_path / "serve.log")
+    with pytest.raises(ImportError, match=r"pip install 'asympo\[serve\]'"):
+        server.start()
+    assert server.proc is None and not (tmp_path / "serve.log").exists()

@@ -170,7 +170,7 @@ def test_a_group_without_token_ids_is_dropped_with_a_reason_and_replaced():
     assert backend.metrics()["dropped/no_token_ids"] == 1.0 and len(backend.buffer) == 1
     replacement = sched.issue(0)  # a fresh prompt for the same step takes the dropped one's place
     assert [t.batch_index for t in replacement] == [tasks[0].batch_index]
-    # The drop goes on the next batch's record (groups.jsonl), so every prompt is trained or dropped.
-    ready, drops = backend._take_once(0, 1, timeout=0)
-    assert [g.group_id for g in ready] == [tasks[1].group_id]
-    assert [(d.group_id, d.reason) for d in drops] == [(tasks[0].group_id, "no_token_ids")]
+    backend._arrived(group(replacement[0], [1], [3]))
+    batch = backend._take(0, 2, timeout=0)  # the drop is reported with the batch (groups.jsonl lists it)
+    assert [(d.group_id, d.reason) for d in batch.dropped] == [(tasks[0].group_id, "no_token_ids")]
+    assert sorted(g.group_id for g in batch.groups) == sorted([tasks[1].group_id, replacement[0].group_id])

@@ -96,6 +96,36 @@ def test_resume_continues_the_same_run(tmp_path, tiny_model_dir):
     assert summary["resumed_from"] == 2
 
 
+def test_reward_batch_timeout_reaches_every_reward_pool(tmp_path, tiny_model_dir, monkeypatch):
+    """`rollout.reward_batch_timeout_s` is the deadline of the training rollouts' pool and the held-out
+    evaluation's pool (each pool records its config; it grades inline so that no process is started)."""
+    import dataclasses
+
+    from asympo.rewards import pool as pool_module
+
+    configs = []
+
+    class RecordingPool(pool_module.RewardPool):
+        def __init__(self, reward, config):
+            configs.append(config)
+            super().__init__(reward, dataclasses.replace(config, num_workers=0))
+
+    monkeypatch.setattr(pool_module, "RewardPool", RecordingPool)
+    from asympo.train import train
+
+    sets = ("mode=sync", "steps=1", "rollout.reward_workers=1", "rollout.reward_batch_timeout_s=7.5")
+    train(run_config(tmp_path / "run", tiny_model_dir, *sets), progress=False)
+    assert len(configs) == 2  # the rollout worker's and the held-out evaluation's
+    assert [(c.num_workers, c.batch_timeout_s) for c in configs] == [(1, 7.5), (1, 7.5)]
+    assert TrainConfig().rollout.reward_batch_timeout_s == pool_module.RewardPoolConfig().batch_timeout_s
+    cfg = run_config(tmp_path / "none", tiny_model_dir, "rollout.reward_batch_timeout_s=null")
+    assert cfg.rollout.reward_batch_timeout_s is None
+    with pytest.raises(
+        ValueError, match="rollout.reward_batch_timeout_s must be a finite number > 0 or null"
+    ):
+        run_config(tmp_path / "bad", tiny_model_dir, "rollout.reward_batch_timeout_s=0")
+
+
 def cli(*args, timeout=120):
     return subprocess.run(
         [sys.executable, "-m", "asympo.cli", *args], capture_output=True, text=True, timeout=timeout

@@ -106,7 +106,10 @@ def save_checkpoint(
     keep: int = 2,
     write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write checkpoint `step` under `root` atomically and keep only the newest `keep`.
+    """Write checkpoint `step` under `root` atomically and keep only the newest `keep` intact ones (0: all).
+
+    On any error during the write (e.g. a full disk) the temporary directory is removed and the error
+    re-raised; the checkpoints already there stay as they were.
 
     `weight_history` = {version: state dict} of older weight versions in-flight work still needs.
     `write_extra(tmpdir)` writes more files into the checkpoint before its manifest (a sharded learner's
@@ -118,43 +121,70 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    model.save_pretrained(tmp, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    opt_tensors, opt_meta = _flatten_optimizer(learner_state["optimizer"])
-    rng_tensors, rng_meta = rng_state()
-    save_file({**opt_tensors, **rng_tensors}, tmp / "optimizer.safetensors")
-    (tmp / "optimizer.json").write_text(
-        json.dumps({"optimizer": opt_meta, "lr_sched": learner_state["lr_sched"], "rng": rng_meta})
-    )
-    (tmp / "trainer_state.json").write_text(
-        json.dumps({**trainer_state, "step": step, "version": learner_state["version"]})
-    )
-    for v, state in (weight_history or {}).items():
-        save_file(
-            {k: t.detach().cpu().contiguous() for k, t in state.items()}, tmp / f"weights_v{v}.safetensors"
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        opt_tensors, opt_meta = _flatten_optimizer(learner_state["optimizer"])
+        rng_tensors, rng_meta = rng_state()
+        save_file({**opt_tensors, **rng_tensors}, tmp / "optimizer.safetensors")
+        (tmp / "optimizer.json").write_text(
+            json.dumps({"optimizer": opt_meta, "lr_sched": learner_state["lr_sched"], "rng": rng_meta})
         )
-    if write_extra is not None:
-        write_extra(tmp)
-    # Written last: a manifest means every file it lists was complete when it was written.
-    (tmp / MANIFEST).write_text(json.dumps({"files": _describe(tmp)}, indent=1))
-    for f in sorted(tmp.rglob("*"), reverse=True):  # files and subdirectories before their parents
-        if f.is_dir():
-            fsync_dir(f)
-            continue
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-        # safetensors writes 0600 files; a checkpoint gets the user's normal mode like every other output.
-        os.chmod(f, 0o666 & ~_umask())
-    fsync_dir(tmp)
-    if final.exists():  # a re-run of the same step after a resume: replace it
-        shutil.rmtree(final)
+        (tmp / "trainer_state.json").write_text(
+            json.dumps({**trainer_state, "step": step, "version": learner_state["version"]})
+        )
+        for v, state in (weight_history or {}).items():
+            save_file(
+                {k: t.detach().cpu().contiguous() for k, t in state.items()},
+                tmp / f"weights_v{v}.safetensors",
+            )
+        if write_extra is not None:
+            write_extra(tmp)
+        # Written last: a manifest means every file it lists was complete when it was written.
+        (tmp / MANIFEST).write_text(json.dumps({"files": _describe(tmp)}, indent=1))
+        for f in sorted(tmp.rglob("*"), reverse=True):  # files and subdirectories before their parents
+            if f.is_dir():
+                fsync_dir(f)
+                continue
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+            # safetensors writes 0600 files; a checkpoint gets the user's normal mode like every other output.
+            os.chmod(f, 0o666 & ~_umask())
+        fsync_dir(tmp)
+        if final.exists():  # a re-run of the same step after a resume: replace it
+            shutil.rmtree(final)
+    except BaseException:
+        # A full disk (or an error, or Ctrl-C) mid-write: a half-written copy of the weights must not stay
+        # behind and hold the space the user needs to go on; the previous checkpoints are untouched.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     os.replace(tmp, final)
     fsync_dir(root)
     atomic_write_text(root / "latest", final.name + "\n")
-    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    if keep > 0:
+        _prune(root, keep, written=final)
     return final
+
+
+def _prune(root: Path, keep: int, *, written: Path) -> None:
+    """Remove all but the newest `keep` intact checkpoints under `root`.
+
+    A damaged checkpoint does not count as one of the kept ones: a resume would skip it, so counting it
+    could prune the last checkpoint a resume can use. It is removed with a warning naming the problem.
+    `written` was just written and is known intact; the others are verified (hashed) newest first only
+    until `keep` intact ones are found, so each save reads at most `keep - 1` older checkpoints."""
+    kept = 0
+    for path in reversed(list_checkpoints(root)):
+        if kept < keep:
+            problem = None if path == written else verify_checkpoint(path)
+            if problem is None:
+                kept += 1
+                continue
+            log.warning(
+                "removing damaged checkpoint %s (%s); it does not count toward keep=%d", path, problem, keep
+            )
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _sha256(path: Path) -> str:

@@ -167,8 +167,10 @@ def resume_config(args: argparse.Namespace):
 def _print_config_help() -> None:
     from asympo.config import describe
 
-    for key, default, doc in describe():
-        print(f"{key:28s} {default:22s} {doc}")
+    rows = describe()
+    width = max(len(key) for key, _, _ in rows)  # aligned however long a field name gets
+    for key, default, doc in rows:
+        print(f"{key:{width}s}  {default:22s} {doc}")
 
 
 def _print_presets() -> None:
@@ -483,6 +485,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"asympo: error: {e}", file=sys.stderr)
         return 2
     except USER_ERRORS as e:
+        print(f"asympo: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        # The NaN guard gave up (learner.max_skipped_steps non-finite steps in a row): the message names the
+        # step and the last good checkpoint, which is all the user needs; a traceback would bury it. Looked up
+        # in sys.modules so that `asympo --help` does not import torch (if learner was never imported, this
+        # cannot be its error).
+        learner = sys.modules.get("asympo.learner")
+        if learner is None or not isinstance(e, learner.NonFiniteStepsError):
+            raise
         print(f"asympo: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:

@@ -126,6 +126,10 @@ class RolloutConfig:
     """Processes that grade responses (0 = grade inline; use >= 1 for math-verify so a grader can't hang the run)."""
     reward_timeout_s: float = 5.0
     """Per-response grading timeout (with reward_workers >= 1)."""
+    reward_batch_timeout_s: float | None = 60.0
+    """Seconds grading one batch may take in all (with reward_workers >= 1; training and held-out eval).
+    Responses still ungraded then score 0.0 as timeouts: hundreds of adversarial completions that each
+    run to reward_timeout_s would otherwise hold a step for minutes. null: no batch deadline."""
     threads: int = 1
     """Torch threads per rollout worker process."""
     max_prompts_per_call: int = 16
@@ -170,6 +174,11 @@ class RolloutConfig:
         if not 0 < self.reward_timeout_s < math.inf:
             raise ValueError(
                 f"rollout.reward_timeout_s must be a finite number > 0, got {self.reward_timeout_s}"
+            )
+        if self.reward_batch_timeout_s is not None and not 0 < self.reward_batch_timeout_s < math.inf:
+            raise ValueError(
+                "rollout.reward_batch_timeout_s must be a finite number > 0 or null (no batch deadline), "
+                f"got {self.reward_batch_timeout_s}"
             )
 
     def check_server(self) -> None:

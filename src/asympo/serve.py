@@ -464,6 +464,7 @@ class ServerProcess:
         self.url: str | None = None
 
     def start(self) -> str:
+        require_serve_extra()  # a one-line error here, not a child that dies with a traceback in serve.log
         port = free_port()
         cmd = [sys.executable, "-m", "asympo", "serve", "--model", self.model, "--port", str(port)]
         cmd += ["--device", self.device, "--dtype", self.dtype, "--parent-pid", str(os.getpid())]
@@ -559,6 +560,8 @@ def add_serve_parser(sub) -> None:
         "serve",
         help="serve a model over an OpenAI-compatible API with weight updates (needs asympo[serve])",
         description=__doc__.split("\n\n")[0],
+        epilog="Set ASYMPO_SERVE_API_KEY to require `Authorization: Bearer <key>` on every route but /health "
+        "(read from the environment: a key on the command line is visible to every local user).",
     )
     d = ServeConfig(model="")
     p.add_argument("--model", required=True, help="HF model directory to serve ('embedded': the demo model)")
@@ -584,7 +587,18 @@ def argparse_suppress() -> str:
     return argparse.SUPPRESS
 
 
+def require_serve_extra() -> None:
+    """Raise ImportError naming the extra when FastAPI or uvicorn is missing: checked first, so that the
+    user learns it before a model is loaded (or the embedded one warmed up)."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"asympo serve needs FastAPI and uvicorn ({e}): pip install 'asympo[serve]'") from e
+
+
 def _cmd_serve(args) -> int:
+    require_serve_extra()
     model = args.model
     if model == "embedded":
         from asympo.config import TrainConfig

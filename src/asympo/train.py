@@ -321,6 +321,7 @@ class HeldOutEval:
             RewardPoolConfig(
                 num_workers=workers,
                 timeout_s=cfg.rollout.reward_timeout_s,
+                batch_timeout_s=cfg.rollout.reward_batch_timeout_s,
                 preload=("asympo.rewards.math:warm_up",) if name == "math" else (),
             ),
         )
@@ -503,6 +504,7 @@ def train(
         else engine_kwargs,
         reward_workers=cfg.rollout.reward_workers,
         reward_timeout_s=cfg.rollout.reward_timeout_s,
+        reward_batch_timeout_s=cfg.rollout.reward_batch_timeout_s,
         threads=cfg.rollout.threads,
     )
     try:

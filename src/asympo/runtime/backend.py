@@ -60,16 +60,24 @@ class WorkerSpec:
     engine_kwargs: dict = field(default_factory=dict)
     reward_workers: int = 0
     reward_timeout_s: float = 5.0
+    reward_batch_timeout_s: float | None = 60.0
+    """The reward pool's deadline for grading one whole batch (RewardPoolConfig.batch_timeout_s)."""
     threads: int = 1
     policy: StalenessPolicy = SYNC
     """The run's staleness policy: which weight versions a worker uses and keeps."""
 
 
-def make_scorer(reward: str, num_workers: int = 0, timeout_s: float = 5.0) -> Scorer:
-    """A scorer over the named reward function, run in a process pool with timeouts when num_workers > 0."""
+def make_scorer(
+    reward: str, num_workers: int = 0, timeout_s: float = 5.0, batch_timeout_s: float | None = 60.0
+) -> Scorer:
+    """A scorer over the named reward function, run in a process pool with timeouts when num_workers > 0:
+    `timeout_s` per response, `batch_timeout_s` per batch (None: no batch deadline)."""
     from asympo.rewards.pool import RewardPool, RewardPoolConfig
 
-    pool = RewardPool(reward, RewardPoolConfig(num_workers=num_workers, timeout_s=timeout_s))
+    pool = RewardPool(
+        reward,
+        RewardPoolConfig(num_workers=num_workers, timeout_s=timeout_s, batch_timeout_s=batch_timeout_s),
+    )
 
     def score(completions: list[str], references: list[str]) -> tuple[list[float], dict[str, int]]:
         result = pool.score_batch(completions, references)
@@ -93,7 +101,7 @@ def build_worker(spec: WorkerSpec, worker_id: int = 0) -> RolloutWorker:
         engine = make_engine(spec.engine, model=spec.model_path, **spec.engine_kwargs)
     if spec.sampling.return_logprobs and not engine.supports_logprobs:
         raise ValueError(f"engine {spec.engine!r} cannot return the log-probs this objective needs")
-    scorer = make_scorer(spec.reward, spec.reward_workers, spec.reward_timeout_s)
+    scorer = make_scorer(spec.reward, spec.reward_workers, spec.reward_timeout_s, spec.reward_batch_timeout_s)
     return RolloutWorker(engine, scorer, spec.sampling, worker_id=worker_id, policy=spec.policy)
 
 
@@ -111,7 +119,9 @@ class BackendBase:
         self.reward_errors = 0
         self.max_restarts = max_restarts  # per worker; one that dies more often stops the run
         self.restarts: Counter[int] = Counter()  # worker index -> restarts after dying
-        self._unreported: list[DropRecord] = []  # groups dropped on arrival, not yet in a batch's record
+        # Groups dropped as they arrived (no token ids), reported with the next batch so that groups.jsonl
+        # names every group that was not trained on.
+        self._dropped_on_arrival: list[DropRecord] = []
 
     def _take_once(self, learner_version: int, n_groups: int, timeout: float | None):
         """`buffer.take`, then a fresh prompt for the current step in place of each group it dropped (the
@@ -120,9 +130,14 @@ class BackendBase:
         with self.lock:
             for _ in drops:
                 self.scheduler.replace_dropped(learner_version)
-            if ready is not None:  # groups dropped on arrival (already replaced) go on this batch's record
-                drops, self._unreported = self._unreported + drops, []
         return ready, drops
+
+    def _batch(self, ready: list[RolloutGroup], learner_version: int, t0: float, dropped: list) -> Batch:
+        """The learner's batch, with every group dropped since the last one (on arrival or as stale)."""
+        with self.lock:
+            dropped = self._dropped_on_arrival + dropped
+            self._dropped_on_arrival = []
+        return Batch(ready, learner_version, time.monotonic() - t0, dropped)
 
     def _take(self, learner_version: int, n_groups: int, timeout: float | None) -> Batch:
         """Wait (up to `timeout` seconds in all) for the batch the policy admits at `learner_version`."""
@@ -141,7 +156,7 @@ class BackendBase:
                 ) from None
             dropped += drops
             if ready is not None:
-                return Batch(ready, learner_version, time.monotonic() - t0, dropped)
+                return self._batch(ready, learner_version, t0, dropped)
 
     def _arrived(self, group: RolloutGroup) -> None:
         with self.lock:
@@ -151,9 +166,12 @@ class BackendBase:
             if any(not s.prompt_ids or not s.response_ids for s in group.samples):
                 # No tokens to score (e.g. a text-only server and no tokenizer): never trained on; counted
                 # with its reason and replaced by a fresh prompt for the same step.
-                rec = DropRecord(group.group_id, group.problem_id, "no_token_ids")
-                self.buffer.state.dropped[rec.reason] = self.buffer.state.dropped.get(rec.reason, 0) + 1
-                self._unreported.append(rec)  # reported with the next batch (groups.jsonl)
+                reason = "no_token_ids"
+                counts = self.buffer.state.dropped  # the policy state's drop counts: `dropped/<reason>`
+                counts[reason] = counts.get(reason, 0) + 1
+                self._dropped_on_arrival.append(
+                    DropRecord(group.group_id, group.problem_id, reason, detail="a sample has no token ids")
+                )
                 self.scheduler.replace_dropped(group.batch_index)
                 return
             self.buffer.put(group)

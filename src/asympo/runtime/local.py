@@ -60,7 +60,7 @@ class InlineBackend(BackendBase):
             ready, drops = self._take_once(learner_version, n_groups, timeout=0)
             dropped += drops
             if ready is not None:
-                return Batch(ready, learner_version, time.monotonic() - t0, dropped)
+                return self._batch(ready, learner_version, t0, dropped)
             with self.lock:
                 self._waiting.extend(self.scheduler.issue(learner_version))
             # Only what this step needs is generated now; later steps' tasks wait their turn.
