@@ -29,7 +29,9 @@ RAW_ALPHA = 0.25
 STEP_LABEL = "optimiser step"
 OTHERS_PER_FIGURE = 12
 # Fixed colours for the keys that appear together in several plots, so that "pos" is always green.
-KEY_COLORS = {"pos": "tab:green", "neg": "tab:red", "total": "tab:blue", "ratio": "tab:purple"}
+KEY_COLORS = {"pos": "tab:green", "neg": "tab:red", "total": "tab:blue", "ratio": "tab:purple",
+              "time/generate": "tab:orange", "time/wait": "tab:gray", "throughput/tokens_per_s": "tab:green",
+              "nll/len_corr": "tab:purple", "weight_min": "tab:green", "weight_max": "tab:red"}  # fmt: skip
 REWARD_COLOR, EVAL_COLOR = "tab:blue", "tab:orange"
 
 
@@ -72,12 +74,14 @@ def line(ax: Axes, x, y, *, label: str, color: str, window: int) -> bool:
     finite = np.isfinite(y)
     if not finite.any():
         return False
+    style = "--" if label in DASHED else "-"
     if window > 1:
-        ax.plot(x[finite], y[finite], color=color, alpha=RAW_ALPHA, linewidth=0.8)
-        ax.plot(x, smooth(y, window), color=color, linewidth=1.8, label=label)
+        ax.plot(x[finite], y[finite], color=color, alpha=RAW_ALPHA, linewidth=0.8, linestyle=style)
+        ax.plot(x, smooth(y, window), color=color, linewidth=1.8, label=label, linestyle=style)
     else:
         marker = "o" if finite.sum() <= 20 else None
-        ax.plot(x[finite], y[finite], color=color, linewidth=1.6, label=label, marker=marker, markersize=3)
+        ax.plot(x[finite], y[finite], color=color, linewidth=1.6, label=label, marker=marker, markersize=3,
+                linestyle=style)  # fmt: skip
     return True
 
 
@@ -106,35 +110,168 @@ def hide_unused(axes: np.ndarray, used: int) -> None:
 # ------------------------------------------------------------------------------------------------- run
 
 REWARD_KEYS = ("reward/mean", "reward/std")
-NLL_KEYS = ("nll/pos", "nll/neg", "nll/ratio")
 STALENESS_KEYS = ("staleness/mean", "staleness/max")
-LOSS_KEYS = ("loss/pos", "loss/neg", "loss/total")
-GRAD_KEYS = ("grad/norm", "grad/norm_pos", "grad/norm_neg")
-TIME_KEYS = ("time/generate", "time/train", "time/wait", "throughput/tokens_per_s")
-CLAIMED = {*REWARD_KEYS, *NLL_KEYS, *STALENESS_KEYS, *LOSS_KEYS, *GRAD_KEYS, *TIME_KEYS}
+DASHED = {"time/wait", "staleness/max"}
+"""Keys drawn dashed: they often coincide with another line of their panel (in a synchronous run)."""
+SPO_DEFAULT_NEG_SCALE = 0.5
+"""`asympo.objectives.spo`'s default `neg_scale` (read here without importing torch; a test keeps it equal)."""
+NEG_WEIGHT = "*/neg_weight"
+"""Pseudo-key: `<objective>/neg_weight`, whatever the objective's metric prefix (see `RunData.series`)."""
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One axes of a run figure: a line per logged key, coloured by `key_color`."""
+
+    keys: tuple[str, ...]
+    title: str
+    ylabel: str
+    hlines: tuple[tuple[float, str], ...] = ()
+    """Reference lines (y, legend label), drawn when the panel has data."""
+    log_if_wide: bool = False
+    """A log y axis when the values are positive and span more than 30x."""
+
+
+@dataclass(frozen=True)
+class RunFigure:
+    """A run PNG of one or more panels; skipped when none of its keys was logged."""
+
+    stem: str
+    title: str
+    caption: str
+    panels: tuple[Panel, ...]
+    rows: int = 1
+    size: tuple[float, float] = (8.0, 3.6)
+    """Inches per panel."""
+
+
+def key_color(key: str) -> str:
+    if key in KEY_COLORS:
+        return KEY_COLORS[key]
+    suffix = key.rsplit("/", 1)[-1].removeprefix("norm_")
+    return KEY_COLORS.get(suffix, "tab:blue")
+
+
+def smoothing_words(window: int) -> str:
+    if window <= 1:
+        return "Lines join the per-step values (no smoothing)."
+    return f"Faint: raw per step; bold: centred moving average over {window} steps."
+
+
+def run_figures(run: RunData, window: int) -> list[RunFigure]:
+    """The declarative run plots (reward and staleness have their own functions)."""
+    learner = run.config.get("learner", {}) if isinstance(run.config.get("learner"), dict) else {}
+    clip = learner.get("max_grad_norm")
+    clip_line = ((float(clip), f"clip threshold ({clip:g})"),) if is_positive(clip) else ()
+    neg_lines: tuple[tuple[float, str], ...] = ((1.0, "equal weight (1)"),)
+    if learner.get("objective") == "spo":
+        hparams = learner.get("hparams") if isinstance(learner.get("hparams"), dict) else {}
+        scale = hparams.get("neg_scale", SPO_DEFAULT_NEG_SCALE)
+        neg_lines += ((float(scale), f"spo neg_scale ({scale:g})"),)
+    smooth_words = smoothing_words(window)
+    return [
+        RunFigure(
+            "nll", "NLL of positive and negative responses",
+            "Mean per-response token NLL under the current policy of positive- and negative-advantage "
+            "responses, and their ratio. In the first study (docs/results.md) the failure under staleness "
+            "showed as a rising nll/pos (the policy pushed off its own correct answers), with reward "
+            "oscillations and rising entropy; nll/ratio did not rise for the objective that collapsed, and it "
+            "rises during healthy learning too, because learning lowers nll/pos. Gaps are steps whose batch "
+            "had no response of that sign. " + smooth_words,
+            (Panel(("nll/pos", "nll/neg"), "Current-policy NLL of positive vs negative responses",
+                   "mean token NLL"),
+             Panel(("nll/ratio",), "nll/ratio = nll/neg / nll/pos", "nll/ratio", ((1.0, "equal (1)"),),
+                   log_if_wide=True)),
+            rows=2, size=(8.0, 3.0),
+        ),
+        RunFigure(
+            "lengths", "Response lengths",
+            "Mean length in tokens of positive- and negative-advantage responses, and the correlation across "
+            "the batch's responses between a response's length and its mean token NLL (0: per-token NLL does "
+            "not depend on length). Per-response normalisation matters when these differ. " + smooth_words,
+            (Panel(("len/pos", "len/neg"), "Mean response length by advantage sign", "tokens"),
+             Panel(("nll/len_corr",), "Correlation of response length and NLL", "Pearson r",
+                   ((0.0, "none (0)"),))),
+            rows=2, size=(8.0, 3.0),
+        ),
+        RunFigure(
+            "weights", "Per-response weights",
+            "For objectives with per-response weights w_i (asympo: 1/l_i): the effective negative weight, "
+            "mean w_i on negative- over positive-advantage responses (spo's is its neg_scale, drawn as a "
+            "reference when the run is spo); the spread of the weights (std / mean) and their range. "
+            + smooth_words,
+            (Panel((NEG_WEIGHT,), "Effective negative weight", "mean w (neg) / mean w (pos)", neg_lines),
+             Panel(("*/weight_cv",), "Weight spread", "std / mean"),
+             Panel(("*/weight_min", "*/weight_max"), "Weight range", "w_i", log_if_wide=True)),
+            size=(4.4, 3.4),
+        ),
+        RunFigure(
+            "loss", "Loss terms",
+            "Signed contributions of positive- and negative-advantage responses to the loss, and the total. "
+            + smooth_words,
+            (Panel(("loss/pos", "loss/neg", "loss/total"),
+                   "Loss: signed contributions of positive and negative advantages", "loss (minimised)",
+                   ((0.0, ""),)),),
+        ),
+        RunFigure(
+            "grad", "Gradient norms",
+            "Gradient norm before clipping, with the clipping threshold; norm_pos / norm_neg are the norms of "
+            "the positive- and negative-advantage terms alone, when the objective logs them. "
+            + smooth_words,
+            (Panel(("grad/norm", "grad/norm_pos", "grad/norm_neg"),
+                   "Gradient norms (total, and of the positive / negative terms)", "L2 norm", clip_line,
+                   log_if_wide=True),),
+        ),
+        RunFigure(
+            "time", "Time and throughput",
+            "Per-step wall time of generation, training and waiting for rollouts (in asynchronous runs "
+            "generation overlaps training, so these do not add up to the step time), and training "
+            "throughput.",
+            (Panel(("time/generate", "time/train", "time/wait"), "Seconds per step", "seconds"),
+             Panel(("throughput/tokens_per_s",), "Throughput", "tokens / s")),
+            size=(5.4, 3.6),
+        ),
+    ]  # fmt: skip
+
+
+def is_positive(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
 
 def plot_run(run: RunData, out_dir: Path, window: int | None = None) -> list[Plot]:
     """Write every plot the run's data supports into `out_dir`; `window` smooths (default: auto)."""
     window = window or auto_window(len(run))
-    plots = [
-        reward_plot(run, out_dir, window),
-        nll_plot(run, out_dir, window),
-        staleness_plot(run, out_dir, window),
-    ]
-    plots += [
-        lines_plot(run, out_dir, window, LOSS_KEYS, "loss.png", "Loss terms",
-                   "Loss: signed contributions of positive and negative advantages", "loss (minimised)",
-                   "Signed contributions of positive- and negative-advantage responses to the loss, "
-                   "and the total.",
-                   zero_line=True),
-        lines_plot(run, out_dir, window, GRAD_KEYS, "grad.png", "Gradient norms",
-                   "Gradient norms (total, and of the positive / negative terms)", "L2 norm",
-                   "Gradient norm before clipping; norm_pos / norm_neg are the norms of the positive- and "
-                   "negative-advantage terms alone, when the objective logs them.", log_if_wide=True),
-        time_plot(run, out_dir, window),
-    ]  # fmt: skip
+    nll, *rest = (figure_plot(run, out_dir, window, spec) for spec in run_figures(run, window))
+    plots = [reward_plot(run, out_dir, window), nll, staleness_plot(run, out_dir, window), *rest]
     return [p for p in plots if p is not None] + other_metrics_plots(run, out_dir, window)
+
+
+def claimed_keys(run: RunData) -> set[str]:
+    """The logged keys a dedicated plot draws (the rest go to the "other metrics" grid)."""
+    keys = {*REWARD_KEYS, *STALENESS_KEYS}
+    keys.update(run.key(k) for spec in run_figures(run, 1) for panel in spec.panels for k in panel.keys)
+    return keys
+
+
+def figure_plot(run: RunData, out_dir: Path, window: int, spec: RunFigure) -> Plot | None:
+    if not any(run.has(k) for panel in spec.panels for k in panel.keys):
+        return None
+    fig, axes = new_figure(spec.rows, len(spec.panels) // spec.rows, panel=spec.size, sharex=spec.rows > 1)
+    for ax, panel in zip(axes.flat, spec.panels):
+        drawn = [k for k in panel.keys if line(ax, run.steps, run.series(k), label=run.key(k),
+                                               color=key_color(run.key(k)), window=window)]  # fmt: skip
+        if drawn:
+            for y, label in panel.hlines:
+                ax.axhline(y, color="gray", linestyle=":", linewidth=1, label=label or None)
+            if panel.log_if_wide and wants_log(*(run.series(k) for k in drawn)):
+                ax.set_yscale("log")
+        else:
+            empty_note(ax, "not logged: " + ", ".join(run.key(k) for k in panel.keys))
+        ax.set(title=panel.title, ylabel=panel.ylabel)
+        legend(ax, loc="best")
+    for ax in axes[-1]:
+        ax.set_xlabel(STEP_LABEL)
+    return Plot(save(fig, out_dir / f"{spec.stem}.png"), spec.title, spec.caption)
 
 
 def reward_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
@@ -174,43 +311,8 @@ def reward_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
     return Plot(
         save(fig, out_dir / "reward.png"),
         "Reward",
-        f"Batch-mean training reward (faint: raw per step; bold: centred moving average over {window} steps; "
-        "band: ± the within-batch reward std) and held-out pass@1 at each evaluation.",
-    )
-
-
-def nll_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
-    if not any(run.has(k) for k in NLL_KEYS):
-        return None
-    fig, axes = new_figure(2, 1, panel=(8.0, 3.0), sharex=True)
-    top, bottom = axes[0, 0], axes[1, 0]
-    line(
-        top, run.steps, run.series("nll/pos"), label="nll/pos (A > 0)", color=KEY_COLORS["pos"], window=window
-    )
-    line(
-        top, run.steps, run.series("nll/neg"), label="nll/neg (A < 0)", color=KEY_COLORS["neg"], window=window
-    )
-    top.set_ylabel("mean token NLL")
-    top.set_title("Scale imbalance: current-policy NLL of positive vs negative responses")
-    legend(top, loc="best")
-    ratio = run.series("nll/ratio")
-    if line(
-        bottom, run.steps, ratio, label="nll/ratio = neg / pos", color=KEY_COLORS["ratio"], window=window
-    ):
-        bottom.axhline(1.0, color="gray", linestyle=":", linewidth=1, label="balanced (1)")
-        if wants_log(ratio):
-            bottom.set_yscale("log")
-        legend(bottom, loc="best")
-    else:
-        empty_note(bottom, "nll/ratio not logged")
-    bottom.set_ylabel("nll/ratio")
-    bottom.set_xlabel(STEP_LABEL)
-    return Plot(
-        save(fig, out_dir / "nll.png"),
-        "NLL balance",
-        "Mean per-response token NLL under the current policy for positive- and negative-advantage "
-        "responses, and their ratio. A ratio rising above 1 is the scale-imbalance failure mode: the "
-        "negative terms dominate the loss. Gaps are steps whose batch had no response of that sign.",
+        f"Batch-mean training reward (band: ± the within-batch reward std) and held-out pass@1 at each "
+        f"evaluation. {smoothing_words(window)}",
     )
 
 
@@ -226,18 +328,20 @@ def staleness_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
         total = counts.sum()
         levels = np.arange(len(counts))
         ax.bar(levels, counts / total if total > 0 else counts, color="tab:cyan", edgecolor="tab:blue")
+        # At least levels 0..2 on the axis: a synchronous run's single bar would otherwise fill the panel.
+        ax.set_xlim(-0.6, max(len(levels) - 1, 2) + 0.6)
         mean = float((levels * counts).sum() / total) if total > 0 else math.nan
         ax.axvline(mean, color="tab:red", linestyle="--", linewidth=1.2, label=f"mean {mean:.2f}")
         ax.set_xlabel("staleness (learner version − sample version)")
         ax.set_ylabel("fraction of trained samples")
         ax.set_title(f"Staleness histogram ({int(total)} samples, {len(run)} steps)")
         if len(levels) <= 20:
-            ax.set_xticks(levels)
+            ax.set_xticks(np.arange(max(len(levels), 3)))
         legend(ax)
     if has_series:
         ax = next(ax_iter)
-        line(ax, run.steps, run.series("staleness/mean"), label="mean", color="tab:blue", window=window)
-        line(ax, run.steps, run.series("staleness/max"), label="max", color="tab:red", window=1)
+        for key, color, w in (("staleness/mean", "tab:blue", window), ("staleness/max", "tab:red", 1)):
+            line(ax, run.steps, run.series(key), label=key, color=color, window=w)
         ax.set(xlabel=STEP_LABEL, ylabel="staleness (versions)", title="Staleness per step")
         legend(ax)
     return Plot(
@@ -248,53 +352,10 @@ def staleness_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
     )
 
 
-def time_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
-    if not any(run.has(k) for k in TIME_KEYS):
-        return None
-    fig, axes = new_figure(1, 2, panel=(5.4, 3.6))
-    left, right = axes[0, 0], axes[0, 1]
-    colors = {"time/generate": "tab:orange", "time/train": "tab:blue", "time/wait": "tab:gray"}
-    drawn = [line(left, run.steps, run.series(k), label=k, color=c, window=window) for k, c in colors.items()]
-    left.set(title="Seconds per step", xlabel=STEP_LABEL, ylabel="seconds")
-    legend(left)
-    if not any(drawn):
-        empty_note(left, "no time/* keys logged")
-    tokens = run.series("throughput/tokens_per_s")
-    if not line(right, run.steps, tokens, label="tokens/s", color="tab:green", window=window):
-        empty_note(right, "throughput not logged")
-    right.set(title="Throughput", xlabel=STEP_LABEL, ylabel="tokens / s")
-    return Plot(
-        save(fig, out_dir / "time.png"),
-        "Time and throughput",
-        "Per-step wall time of generation, training and waiting for rollouts (in asynchronous runs "
-        "generation overlaps training, so these do not add up to the step time), and training throughput.",
-    )
-
-
-def lines_plot(run: RunData, out_dir: Path, window: int, keys, filename, title, axis_title, ylabel,
-               caption, *, zero_line: bool = False, log_if_wide: bool = False) -> Plot | None:  # fmt: skip
-    """One panel with a line per present key (losses, gradient norms), coloured by the key's suffix."""
-    present = [k for k in keys if run.has(k)]
-    if not present:
-        return None
-    fig, axes = new_figure(panel=(8.0, 3.6))
-    ax = axes[0, 0]
-    for key in present:
-        suffix = key.rsplit("/", 1)[-1].removeprefix("norm_")
-        color = KEY_COLORS.get(suffix, "tab:blue" if suffix in {"norm", "total"} else "tab:gray")
-        line(ax, run.steps, run.series(key), label=key, color=color, window=window)
-    if zero_line:
-        ax.axhline(0.0, color="gray", linestyle=":", linewidth=1)
-    if log_if_wide and wants_log(*(run.series(k) for k in present)):
-        ax.set_yscale("log")
-    ax.set(title=axis_title, xlabel=STEP_LABEL, ylabel=ylabel)
-    legend(ax, loc="best")
-    return Plot(save(fig, out_dir / filename), title, caption + f" Bold: moving average over {window} steps.")
-
-
 def other_metrics_plots(run: RunData, out_dir: Path, window: int) -> list[Plot]:
     """Every other logged scalar (entropy, KL, user-objective metrics, ...) in a grid of small panels."""
-    keys = [k for k in run.scalars if k not in CLAIMED and run.has(k)]
+    claimed = claimed_keys(run)
+    keys = [k for k in run.scalars if k not in claimed and run.has(k)]
     plots = []
     for page, start in enumerate(range(0, len(keys), OTHERS_PER_FIGURE)):
         chunk = keys[start : start + OTHERS_PER_FIGURE]
