@@ -151,6 +151,11 @@ def study_page(study: StudyData, plots: list[Plot], report_dir: Path, embed: boo
             "collapsed / seeds with a known verdict.</p>"
         )
         sections.append(("Results by group", note + tables.groups_table(groups, with_lr).html()))
+    diagnostics = tables.diagnostic_tables(study)
+    if diagnostics:
+        note = "<p>From the cells' own logs: mean ± sample std (ddof=1) over seeds; — where no cell logged it.</p>"
+        html = "".join(f"<h3>{escape(heading)}</h3>{table.html()}" for heading, table in diagnostics)
+        sections.append(("Diagnostics", note + html))
     if plots:
         sections.append(("Plots", figures(plots, report_dir, embed)))
     if study.rows:
