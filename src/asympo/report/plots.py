@@ -391,29 +391,39 @@ class Curve:
     title: str
     ylabel: str
     caption: str
+    hline: float | None = None
+    """A dotted reference line (1 for a ratio of equals, 0 for a correlation)."""
+    log_if_wide: bool = False
+    """A log y axis when all values are positive and span more than 30x."""
 
 
 # Drawn in this order; a curve whose key no cell logged is skipped.
 CURVES = (
     Curve(EVAL_KEY, "curves_pass1", "Held-out pass@1", "held-out pass@1", "Held-out pass@1 during training"),
-    Curve("reward/mean", "curves_reward", "Training reward", "batch-mean reward", "Training reward"),
-    Curve(
-        "nll/ratio", "curves_nll_ratio", "nll/ratio (neg / pos)", "nll/ratio",
-        "The scale-imbalance diagnostic: mean NLL of negative- over positive-advantage responses",
-    ),
+    Curve("reward/mean", "curves_reward", "Training reward", "batch-mean reward",
+          "Training reward; in docs/results.md failure under staleness showed as oscillations of it"),
     Curve("nll/pos", "curves_nll_pos", "nll/pos", "mean token NLL",
-          "Mean NLL of positive-advantage responses"),
+          "Mean NLL of positive-advantage responses; in docs/results.md its rise above the starting value "
+          "was the clearest sign of failure under staleness"),
     Curve("nll/neg", "curves_nll_neg", "nll/neg", "mean token NLL",
           "Mean NLL of negative-advantage responses"),
-    Curve("grad/norm", "curves_grad_norm", "grad/norm", "L2 norm", "Total gradient norm"),
-    Curve(
-        "grad/norm_pos", "curves_grad_norm_pos", "grad/norm_pos", "L2 norm",
-        "Gradient norm of the positive-advantage terms alone",
-    ),
-    Curve(
-        "grad/norm_neg", "curves_grad_norm_neg", "grad/norm_neg", "L2 norm",
-        "Gradient norm of the negative-advantage terms alone",
-    ),
+    Curve("nll/ratio", "curves_nll_ratio", "nll/ratio (neg / pos)", "nll/ratio",
+          "Mean NLL of negative- over positive-advantage responses; it rises as learning lowers nll/pos, and "
+          "in docs/results.md it did not rise for the objective that collapsed under staleness", 1.0, True),
+    Curve("policy/entropy", "curves_entropy", "policy/entropy", "mean token entropy",
+          "Policy entropy on the trained responses; in docs/results.md it rose with failure under staleness"),
+    Curve("len/pos", "curves_len_pos", "len/pos", "tokens", "Mean length of positive-advantage responses"),
+    Curve("len/neg", "curves_len_neg", "len/neg", "tokens", "Mean length of negative-advantage responses"),
+    Curve("nll/len_corr", "curves_nll_len_corr", "nll/len_corr", "Pearson r",
+          "Correlation of response length and mean token NLL across each batch's responses", 0.0),
+    Curve(NEG_WEIGHT, "curves_neg_weight", "Effective negative weight", "mean w (neg) / mean w (pos)",
+          "Mean per-response weight on negative- over positive-advantage responses (`<objective>/neg_weight`,"
+          " logged by objectives with per-response weights; spo's is its neg_scale)", 1.0),
+    Curve("grad/norm", "curves_grad_norm", "grad/norm", "L2 norm", "Total gradient norm", None, True),
+    Curve("grad/norm_pos", "curves_grad_norm_pos", "grad/norm_pos", "L2 norm",
+          "Gradient norm of the positive-advantage terms alone", None, True),
+    Curve("grad/norm_neg", "curves_grad_norm_neg", "grad/norm_neg", "L2 norm",
+          "Gradient norm of the negative-advantage terms alone", None, True),
 )  # fmt: skip
 
 
@@ -545,64 +555,40 @@ def curves_plot(
     # Legend and drawing order follow the study's objective order, not the cells' directory names.
     rank = {objective: i for i, objective in enumerate(study.objectives)}
     curves = dict(sorted(curves.items(), key=lambda kv: (rank[kv[0][1].objective], kv[0][1].lr or 0.0)))
-    all_values = []
+    is_eval = spec.key == EVAL_KEY  # evaluations are few: markers, no smoothing
     for ax, level in zip(axes.flat, levels):
-        drawn = False
-        for (lvl, series), group in curves.items():
-            if lvl != level:
-                continue
+        for series, group in ((series, group) for (lvl, series), group in curves.items() if lvl == level):
             steps, matrix = align(group)
             mean, std = nan_mean_std(matrix)
-            w = 1 if spec.key == EVAL_KEY else (window or auto_window(len(steps)))  # evaluations are few
+            w = 1 if is_eval else (window or auto_window(len(steps)))
             m, s = smooth(mean, w), smooth(std, w)
             color = colors[series.objective]
             if w > 1:  # the unsmoothed seed mean, faint, under the smoothed line
                 finite = np.isfinite(mean)
                 ax.plot(steps[finite], mean[finite], color=color, alpha=RAW_ALPHA * 0.8, linewidth=0.7)
-            marker = "o" if spec.key == EVAL_KEY else None
-            style = styles.get(series.lr, "-")
-            ax.plot(
-                steps,
-                m,
-                color=color,
-                linewidth=1.6,
-                linestyle=style,
-                label=series.label(),
-                marker=marker,
-                markersize=3,
-            )
+            ax.plot(steps, m, color=color, linewidth=1.6, linestyle=styles.get(series.lr, "-"),
+                    label=series.label(), marker="o" if is_eval else None, markersize=3)  # fmt: skip
             if len(group) > 1:
                 ax.fill_between(steps, m - s, m + s, color=color, alpha=0.12, linewidth=0)
-            all_values.append(matrix)
-            drawn = True
-        if not drawn:
+        if not ax.lines:
             empty_note(ax, "no data")
         ax.set(title=f"staleness {level}", xlabel="optimiser step", ylabel=spec.ylabel)
     hide_unused(axes, len(levels))
-    if (spec.key == "nll/ratio" or spec.key.startswith("grad/")) and wants_log(*all_values):
-        for ax in axes.flat:
+    values = [np.concatenate([v for _, v in group]) for group in curves.values()]
+    for ax in axes.flat:
+        if spec.log_if_wide and wants_log(*values):
             ax.set_yscale("log")
-    if spec.key == "nll/ratio":
-        for ax in axes.flat:
-            ax.axhline(1.0, color="gray", linestyle=":", linewidth=1)
+        if spec.hline is not None:
+            ax.axhline(spec.hline, color="gray", linestyle=":", linewidth=1)
     seen: dict[str, object] = {}
     for ax in axes.flat:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(label, handle)
-    if len(seen) > 8:  # a long legend goes under the panels, in columns, instead of squeezing them
-        fig.legend(
-            list(seen.values()),
-            list(seen),
-            loc="outside lower center",
-            ncols=min(4, -(-len(seen) // 3)),
-            fontsize="small",
-        )
-    else:
-        fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize="small")
+    # A long legend goes under the panels, in columns, instead of squeezing them.
+    where = dict(loc="outside lower center", ncols=min(4, -(-len(seen) // 3))) if len(seen) > 8 else {}
+    fig.legend(list(seen.values()), list(seen), fontsize="small", **{"loc": "outside right upper", **where})
     fig.suptitle(f"{spec.title} per objective (mean over seeds)")
-    smoothing = (
-        "" if spec.key == EVAL_KEY else " Bold: smoothed with a centred moving average; faint: unsmoothed."
-    )
+    smoothing = "" if is_eval else " Bold: smoothed with a centred moving average; faint: unsmoothed."
     caption = (
         f"{spec.caption}, one panel per staleness: the mean over seeds at each step (band: ± one std across "
         f"seeds).{smoothing}"
