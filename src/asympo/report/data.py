@@ -219,6 +219,18 @@ class ResultRow:
         )
 
 
+@dataclass(frozen=True)
+class Series:
+    """One line of a study's plots and one row of its tables: an objective, and its learning rate when the
+    study varies it."""
+
+    objective: str
+    lr: float | None = None
+
+    def label(self) -> str:
+        return self.objective if self.lr is None else f"{self.objective} lr={self.lr:g}"
+
+
 @dataclass
 class StudyData:
     """A study directory: its results table, its cells and the study config (if it wrote one)."""
@@ -236,6 +248,11 @@ class StudyData:
     def objectives(self) -> list[str]:
         """Objective labels in order of first appearance (the preset's order), results first, then cells."""
         return list(dict.fromkeys([*(r.objective for r in self.rows), *(c.objective for c in self.cells)]))
+
+    def rank(self, series: Series) -> tuple[int, float]:
+        """Sort key of a line or row: the study's objective order, then the learning rate."""
+        order = self.objectives
+        return order.index(series.objective) if series.objective in order else len(order), series.lr or 0.0
 
     @property
     def staleness_levels(self) -> list[int]:

@@ -22,7 +22,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from asympo.report.data import RunData, StudyData, align, auto_window, nan_mean_std, smooth, summarize
+from asympo.report.data import RunData, Series, StudyData, align, auto_window, nan_mean_std, smooth, summarize
 
 DPI = 100
 RAW_ALPHA = 0.25
@@ -427,17 +427,6 @@ CURVES = (
 )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Series:
-    """One line in a study plot: an objective, and its learning rate when the study varies it."""
-
-    objective: str
-    lr: float | None
-
-    def label(self) -> str:
-        return self.objective if self.lr is None else f"{self.objective} lr={self.lr:g}"
-
-
 def plot_study(study: StudyData, out_dir: Path, window: int | None = None) -> list[Plot]:
     """Write every plot the study's data supports into `out_dir`."""
     cmap = matplotlib.colormaps["tab10" if len(study.objectives) <= 10 else "tab20"]
@@ -456,9 +445,8 @@ def plot_study(study: StudyData, out_dir: Path, window: int | None = None) -> li
 
 
 def final_vs_staleness_plot(study: StudyData, out_dir: Path, colors: dict, styles: dict) -> Plot:
-    with_lr = (
-        len(study.result_lrs) > 1
-    )  # final plots split by the results' learning rates, curves by the cells'
+    # The final plots split by the results' learning rates, the curves by the cells'.
+    with_lr = len(study.result_lrs) > 1
     groups: dict[Series, dict[int, list]] = defaultdict(lambda: defaultdict(list))
     for row in study.rows:
         groups[Series(row.objective, row.lr if with_lr else None)][row.staleness].append(row)
@@ -553,8 +541,7 @@ def curves_plot(
         if (curve := _curve_of(cell.run, spec.key)) is not None:
             curves[(cell.staleness, Series(cell.objective, cell.lr if with_lr else None))].append(curve)
     # Legend and drawing order follow the study's objective order, not the cells' directory names.
-    rank = {objective: i for i, objective in enumerate(study.objectives)}
-    curves = dict(sorted(curves.items(), key=lambda kv: (rank[kv[0][1].objective], kv[0][1].lr or 0.0)))
+    curves = dict(sorted(curves.items(), key=lambda kv: study.rank(kv[0][1])))
     is_eval = spec.key == EVAL_KEY  # evaluations are few: markers, no smoothing
     for ax, level in zip(axes.flat, levels):
         for series, group in ((series, group) for (lvl, series), group in curves.items() if lvl == level):

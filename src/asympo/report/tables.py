@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from asympo.report.data import RunData, StudyData, Summary, summarize
+from asympo.report.data import RunData, Series, StudyData, Summary, summarize
 from asympo.study import FINAL_FRACTION, final_tail
 
 DIAGNOSTICS = {
@@ -196,13 +196,13 @@ class GroupResult:
     def collapse_text(self) -> str:
         return f"{self.collapsed}/{self.collapse_known}" if self.collapse_known else "?"
 
-    def label(self, with_lr: bool) -> str:
-        return f"{self.objective} lr={self.lr:g}" if with_lr and self.lr is not None else self.objective
+    @property
+    def series(self) -> Series:
+        return Series(self.objective, self.lr)
 
 
 def group_results(study: StudyData) -> list[GroupResult]:
     """Group results.csv rows over seeds, in the study's objective order, then lr, then staleness."""
-    order = {objective: i for i, objective in enumerate(study.objectives)}
     with_lr = len(study.result_lrs) > 1
     groups: dict[tuple, list] = {}
     for row in study.rows:
@@ -222,7 +222,7 @@ def group_results(study: StudyData) -> list[GroupResult]:
                 sum(known), len(known), extra,
             )
         )  # fmt: skip
-    return sorted(out, key=lambda g: (order.get(g.objective, 1 << 30), g.lr or 0.0, g.staleness))
+    return sorted(out, key=lambda g: (study.rank(g.series), g.staleness))
 
 
 def _pivot(entries: list[tuple[tuple, str, int, str]], id: str = "") -> Table:
@@ -242,7 +242,7 @@ def pivot(groups: list[GroupResult], with_lr: bool, value: str = "pass1", collap
     for i, g in enumerate(groups):  # groups come sorted: keep their row order
         s = getattr(g, value) if value in ("pass1", "reward") else g.extra.get(value, Summary(0, 0, 0))
         text = s.format() + (f" ({g.collapse_text()}{collapsed})" if value == "pass1" else "")
-        entries.append(((i,), g.label(with_lr), g.staleness, text))
+        entries.append(((i,), g.series.label(), g.staleness, text))
     return _pivot(entries, id="pivot")
 
 
@@ -270,13 +270,11 @@ def groups_table(groups: list[GroupResult], with_lr: bool) -> Table:
 def cell_pivot(study: StudyData, with_lr: bool, value) -> Table | None:
     """Objective rows × staleness columns of `value(run) -> float` over each group's cells (mean ± std
     over seeds); None when no cell has logs."""
-    order = {o: k for k, o in enumerate(study.objectives)}
     groups: dict[tuple, list[float]] = {}
     for cell in study.cells:
         if cell.run is not None:
-            lr = cell.lr if with_lr else None
-            label = f"{cell.objective} lr={lr:g}" if lr is not None else cell.objective
-            key = ((order.get(cell.objective, 1 << 30), lr or 0.0), label, cell.staleness)
+            series = Series(cell.objective, cell.lr if with_lr else None)
+            key = (study.rank(series), series.label(), cell.staleness)
             groups.setdefault(key, []).append(value(cell.run))
     entries = [(rank, label, level, summarize(vs).format()) for (rank, label, level), vs in groups.items()]
     return _pivot(entries) if entries else None
