@@ -392,7 +392,7 @@ def test_run_report_html_embeds_the_plots_and_shows_the_numbers(run_report):
     nll_pos = [r["nll/pos"] for r in written["rows"] if r["nll/pos"] is not None]
     row = re.search(r'<td class="key">nll/pos</td>(.*?)</tr>', html).group(1)
     assert row.endswith(f"<td>{len(nll_pos)}/60</td>") and f"<td>{min(nll_pos):.4g}</td>" in row
-    assert '<td class="key">objective.eps</td><td>1e-06</td>' in html
+    assert '<td class="key">objective.eps</td><td class="key">1e-06</td>' in html
     assert "half-written" in html and "summary: wall_s" in html
 
 

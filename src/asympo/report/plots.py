@@ -281,13 +281,14 @@ def reward_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
     ax = axes[0, 0]
     x, mean = run.steps, run.series("reward/mean")
     line(ax, x, mean, label="train reward (batch mean)", color=REWARD_COLOR, window=window)
-    if run.has("reward/std"):
-        m, s = smooth(mean, window), smooth(run.series("reward/std"), window)
-        ax.fill_between(x, m - s, m + s, color=REWARD_COLOR, alpha=0.12, label="± batch std")
     # Held-out accuracy shares the axis when rewards live in [0, 1] (the exact-answer tasks); otherwise
     # it gets its own, so neither scale is squeezed.
     finite = mean[np.isfinite(mean)]
     same_axis = len(finite) == 0 or (finite.min() >= -0.05 and finite.max() <= 1.05)
+    if run.has("reward/std"):
+        m, s = smooth(mean, window), smooth(run.series("reward/std"), window)
+        lo, hi = (m - s, m + s) if not same_axis else (np.clip(m - s, 0, 1), np.clip(m + s, 0, 1))
+        ax.fill_between(x, lo, hi, color=REWARD_COLOR, alpha=0.12, label="± batch std")
     eval_ax = ax if same_axis else ax.twinx()
     if run.evals:
         eval_ax.plot(run.eval_steps, run.eval_pass1, "o-", color=EVAL_COLOR, linewidth=1.4, markersize=5,
@@ -311,7 +312,7 @@ def reward_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
     return Plot(
         save(fig, out_dir / "reward.png"),
         "Reward",
-        f"Batch-mean training reward (band: ± the within-batch reward std) and held-out pass@1 at each "
+        f"Batch-mean training reward (band: ± the within-batch reward std, within [0, 1] for rewards in [0, 1]) and held-out pass@1 at each "
         f"evaluation. {smoothing_words(window)}",
     )
 

@@ -140,7 +140,8 @@ def evals_table(run: RunData) -> Table:
 
 
 def config_table(config: dict[str, Any]) -> Table:
-    return Table(["key", "value"], [list(kv) for kv in flatten(config).items()], id="config")
+    # Both columns left-aligned: config values are mostly names and paths, not numbers to compare.
+    return Table(["key", "value"], [list(kv) for kv in flatten(config).items()], key_columns=2, id="config")
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
