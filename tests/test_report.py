@@ -517,7 +517,7 @@ def test_study_summary_markdown_holds_the_same_numbers(study_report):
     assert "| naive | 1.062 ± 0.000 | 1.062 ± 0.000 |" in entropy
     # Newer diagnostics: naive's cells predate them and show "—"; the objective-namespaced weights of
     # spo and asympo share one table. Over the last 2 of 24 steps asympo's weight is 0.5 + 0.01 * 22.5.
-    weight = md.split("## effective negative weight (asympo/neg_weight, spo/neg_weight) at the end", 1)[1]
+    weight = md.split("## Effective negative weight (asympo/neg_weight, spo/neg_weight) at the end", 1)[1]
     weight = weight.split("##")[0]
     assert (
         "| naive | — | — |" in weight and "| spo(neg_scale=0.2) | 0.200 ± 0.000 | 0.200 ± 0.000 |" in weight

@@ -86,6 +86,9 @@ figcaption { color: #555; font-size: 0.9em; max-width: 900px; }
 .warn { background: #fff6e0; border: 1px solid #f0c36d; padding: 0.5em 1em; }
 details { margin: 0.6em 0; } summary { cursor: pointer; color: #245; }
 nav a { margin-right: 1em; }
+.tables { display: flex; flex-wrap: wrap; gap: 0 2em; } .tables > div { width: min-content; min-width: 320px; }
+.tables td, .tables th { white-space: nowrap; }
+.tables h3 { font-size: 0.95em; margin: 1em 0 0 0; }
 """
 
 
@@ -154,7 +157,9 @@ def study_page(study: StudyData, plots: list[Plot], report_dir: Path, embed: boo
     diagnostics = tables.diagnostic_tables(study)
     if diagnostics:
         note = "<p>From the cells' own logs: mean ± sample std (ddof=1) over seeds; — where no cell logged it.</p>"
-        html = "".join(f"<h3>{escape(heading)}</h3>{table.html()}" for heading, table in diagnostics)
+        # Side by side where the page is wide: a dozen small pivots stacked would push the plots far down.
+        html = "".join(f"<div><h3>{escape(h)}</h3>{table.html()}</div>" for h, table in diagnostics)
+        html = f'<div class="tables">{html}</div>'
         sections.append(("Diagnostics", note + html))
     if plots:
         sections.append(("Plots", figures(plots, report_dir, embed)))

@@ -392,6 +392,8 @@ class Curve:
     title: str
     ylabel: str
     caption: str
+    note: str = ""
+    """What the first study (docs/results.md) found about this curve, after the caption."""
     hline: float | None = None
     """A dotted reference line (1 for a ratio of equals, 0 for a correlation)."""
     log_if_wide: bool = False
@@ -401,30 +403,33 @@ class Curve:
 # Drawn in this order; a curve whose key no cell logged is skipped.
 CURVES = (
     Curve(EVAL_KEY, "curves_pass1", "Held-out pass@1", "held-out pass@1", "Held-out pass@1 during training"),
-    Curve("reward/mean", "curves_reward", "Training reward", "batch-mean reward",
-          "Training reward; in docs/results.md failure under staleness showed as oscillations of it"),
+    Curve("reward/mean", "curves_reward", "Training reward", "batch-mean reward", "Training reward",
+          "In docs/results.md failure under staleness showed as oscillations of it."),
     Curve("nll/pos", "curves_nll_pos", "nll/pos", "mean token NLL",
-          "Mean NLL of positive-advantage responses; in docs/results.md its rise above the starting value "
-          "was the clearest sign of failure under staleness"),
+          "Mean NLL of positive-advantage responses",
+          "In docs/results.md its rise above the starting value was the clearest sign of failure under "
+          "staleness."),
     Curve("nll/neg", "curves_nll_neg", "nll/neg", "mean token NLL",
           "Mean NLL of negative-advantage responses"),
     Curve("nll/ratio", "curves_nll_ratio", "nll/ratio (neg / pos)", "nll/ratio",
-          "Mean NLL of negative- over positive-advantage responses; it rises as learning lowers nll/pos, and "
-          "in docs/results.md it did not rise for the objective that collapsed under staleness", 1.0, True),
+          "Mean NLL of negative- over positive-advantage responses",
+          "It rises as learning lowers nll/pos, and in docs/results.md it did not rise for the objective that "
+          "collapsed under staleness.", 1.0, True),
     Curve("policy/entropy", "curves_entropy", "policy/entropy", "mean token entropy",
-          "Policy entropy on the trained responses; in docs/results.md it rose with failure under staleness"),
+          "Policy entropy on the trained responses",
+          "In docs/results.md it rose with failure under staleness."),
     Curve("len/pos", "curves_len_pos", "len/pos", "tokens", "Mean length of positive-advantage responses"),
     Curve("len/neg", "curves_len_neg", "len/neg", "tokens", "Mean length of negative-advantage responses"),
     Curve("nll/len_corr", "curves_nll_len_corr", "nll/len_corr", "Pearson r",
-          "Correlation of response length and mean token NLL across each batch's responses", 0.0),
+          "Correlation of response length and mean token NLL across each batch's responses", "", 0.0),
     Curve(NEG_WEIGHT, "curves_neg_weight", "Effective negative weight", "mean w (neg) / mean w (pos)",
-          "Mean per-response weight on negative- over positive-advantage responses (`<objective>/neg_weight`,"
-          " logged by objectives with per-response weights; spo's is its neg_scale)", 1.0),
-    Curve("grad/norm", "curves_grad_norm", "grad/norm", "L2 norm", "Total gradient norm", None, True),
+          "Mean per-response weight on negative- over positive-advantage responses (<objective>/neg_weight,"
+          " logged by objectives with per-response weights; spo's is its neg_scale)", "", 1.0),
+    Curve("grad/norm", "curves_grad_norm", "grad/norm", "L2 norm", "Total gradient norm", "", None, True),
     Curve("grad/norm_pos", "curves_grad_norm_pos", "grad/norm_pos", "L2 norm",
-          "Gradient norm of the positive-advantage terms alone", None, True),
+          "Gradient norm of the positive-advantage terms alone", "", None, True),
     Curve("grad/norm_neg", "curves_grad_norm_neg", "grad/norm_neg", "L2 norm",
-          "Gradient norm of the negative-advantage terms alone", None, True),
+          "Gradient norm of the negative-advantage terms alone", "", None, True),
 )  # fmt: skip
 
 
@@ -544,11 +549,13 @@ def curves_plot(
     # Legend and drawing order follow the study's objective order, not the cells' directory names.
     curves = dict(sorted(curves.items(), key=lambda kv: study.rank(kv[0][1])))
     is_eval = spec.key == EVAL_KEY  # evaluations are few: markers, no smoothing
+    smoothed = False
     for ax, level in zip(axes.flat, levels):
         for series, group in ((series, group) for (lvl, series), group in curves.items() if lvl == level):
             steps, matrix = align(group)
             mean, std = nan_mean_std(matrix)
             w = 1 if is_eval else (window or auto_window(len(steps)))
+            smoothed |= w > 1
             m, s = smooth(mean, w), smooth(std, w)
             color = colors[series.objective]
             if w > 1:  # the unsmoothed seed mean, faint, under the smoothed line
@@ -576,10 +583,10 @@ def curves_plot(
     where = dict(loc="outside lower center", ncols=min(4, -(-len(seen) // 3))) if len(seen) > 8 else {}
     fig.legend(list(seen.values()), list(seen), fontsize="small", **{"loc": "outside right upper", **where})
     fig.suptitle(f"{spec.title} per objective (mean over seeds)")
-    smoothing = "" if is_eval else " Bold: smoothed with a centred moving average; faint: unsmoothed."
+    smoothing = " Bold: smoothed with a centred moving average; faint: unsmoothed." if smoothed else ""
     caption = (
         f"{spec.caption}, one panel per staleness: the mean over seeds at each step (band: ± one std across "
-        f"seeds).{smoothing}"
+        f"seeds).{smoothing}" + (f" {spec.note}" if spec.note else "")
     )
     return Plot(save(fig, out_dir / f"{spec.stem}.png"), spec.title, caption)
 

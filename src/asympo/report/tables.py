@@ -23,8 +23,8 @@ DIAGNOSTICS = {
     "len/pos": "",
     "len/neg": "",
     "nll/len_corr": "",
-    "*/neg_weight": "effective negative weight",
-    "*/weight_cv": "spread of the per-response weights",
+    "*/neg_weight": "Effective negative weight",
+    "*/weight_cv": "Spread of the per-response weights",
 }
 """Per-step metrics whose end-of-training values (mean of the last 10% of steps) the study summaries
 tabulate, with a description for the `*/name` pseudo-keys (an objective's namespaced metrics)."""
