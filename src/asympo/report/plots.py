@@ -1,5 +1,6 @@
-"""The report's PNGs: a run's reward, NLL balance, staleness, losses, gradients and time; a study's final
-pass@1 against staleness (and learning rate) and its per-objective curves.
+"""The report's PNGs: a run's reward, NLL of positives and negatives, staleness, response lengths,
+per-response weights, losses, gradients and time (all but reward and staleness declared as `RunFigure`s);
+a study's final pass@1 against staleness (and learning rate) and its per-objective curves (`CURVES`).
 
 Figures are built with `matplotlib.figure.Figure` directly and saved through the Agg canvas, so the
 report never switches the global pyplot backend of the process that calls it (a notebook, a trainer).
