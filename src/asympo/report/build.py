@@ -148,7 +148,7 @@ def study_page(study: StudyData, plots: list[Plot], report_dir: Path, embed: boo
             "<p>Final held-out pass@1, mean ± sample std (ddof=1) over seeds, per objective and staleness; "
             "in brackets the seeds marked collapsed.</p>"
         )
-        sections.append(("Final pass@1", note + tables.pivot(groups, with_lr, "pass1", " collapsed").html()))
+        sections.append(("Final pass@1", note + tables.pivot(groups, "pass1", " collapsed").html()))
         note = (
             "<p>Mean ± sample standard deviation (ddof=1) over seeds; collapsed = seeds the study marked "
             "collapsed / seeds with a known verdict.</p>"

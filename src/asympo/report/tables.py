@@ -236,7 +236,7 @@ def _pivot(entries: list[tuple[tuple, str, int, str]], id: str = "") -> Table:
     return Table(["objective", *(f"staleness {lv}" for lv in levels)], rows, id=id)
 
 
-def pivot(groups: list[GroupResult], with_lr: bool, value: str = "pass1", collapsed: str = "") -> Table:
+def pivot(groups: list[GroupResult], value: str = "pass1", collapsed: str = "") -> Table:
     """Objective rows × staleness columns: mean ± std over seeds of `value` (pass1, reward or an extra
     column); for pass1 the collapsed seeds follow in brackets, as "(k/n{collapsed})"."""
     entries = []
@@ -315,20 +315,19 @@ def study_markdown(study: StudyData) -> str:
     groups = group_results(study)
     if not groups:
         return f"# Study {study.path.name}\n\nNo results yet.\n"
-    with_lr = len(study.result_lrs) > 1
     seeds = sorted({s for g in groups for s in g.seeds})
     parts = [
         f"# Study {study.path.name}",
         f"{len(study.rows)} cells; seeds {', '.join(map(str, seeds))}. Every entry is the mean ± sample "
         "standard deviation (ddof=1) over seeds.",
         "## Final held-out pass@1 (collapsed seeds / seeds)",
-        pivot(groups, with_lr, "pass1").markdown(),
+        pivot(groups, "pass1").markdown(),
         "## Final training reward (mean of the last 10% of steps)",
-        pivot(groups, with_lr, "reward").markdown(),
+        pivot(groups, "reward").markdown(),
     ]
     for key in groups[0].extra:
         if key != "wall_s":
-            parts += [f"## {key}", pivot(groups, with_lr, key).markdown()]
+            parts += [f"## {key}", pivot(groups, key).markdown()]
     for heading, table in diagnostic_tables(study):
         parts += [f"## {heading}", table.markdown()]
     walls = [g.extra["wall_s"] for g in groups if "wall_s" in g.extra and g.extra["wall_s"].n]
