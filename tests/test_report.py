@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import math
 import os
@@ -19,6 +20,7 @@ from matplotlib.image import imread
 
 from asympo.report import ReportError, build_report, load_run, load_study, main, write_report
 from asympo.report.data import align, auto_window, nan_mean_std, smooth, summarize
+from asympo.report.plots import SPO_DEFAULT_NEG_SCALE, run_figures
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -35,9 +37,13 @@ def write_run(
     final_pass1: float = 0.6,
     truncated_tail: bool = True,
     eval_every: int = 20,
+    objective: str = "asympo",
+    diagnostics: bool = False,
 ) -> dict:
     """A plausible run directory: rising reward, diverging NLLs, per-step staleness histograms, nulls and
-    NaNs, a user-objective metric, and (optionally) a half-written last line. Returns what it wrote."""
+    NaNs, a user-objective metric, and (optionally) a half-written last line. With `diagnostics`, also
+    the response-length, clipping and per-response weight keys of newer runs (`<objective>/neg_weight`...;
+    without, the run looks like one logged before they existed). Returns what it wrote."""
     rng = np.random.default_rng(seed)
     path.mkdir(parents=True, exist_ok=True)
     t = np.arange(steps)
@@ -74,6 +80,19 @@ def write_run(
             "batch/zero_adv_groups": int(rng.integers(0, 4)),
             "myloss/scale": float(np.exp(-t[s] / 30)),  # a user objective's own metric
         }
+        if diagnostics:
+            row.update(
+                {
+                    "len/pos": 20.0 + s % 3,
+                    "len/neg": 30.0 + s % 5,
+                    "nll/len_corr": 0.5 - s / steps,
+                    "grad/clipped": float(s % 4 == 0),
+                    f"{objective}/neg_weight": 0.2 if objective == "spo" else 0.5 + 0.01 * s,
+                    f"{objective}/weight_cv": 0.3,
+                    f"{objective}/weight_min": 0.5,
+                    f"{objective}/weight_max": 2.0 + s,
+                }
+            )
         rows.append(row)
     lines = [json.dumps(r) for r in rows]
     text = "\n".join(lines) + "\n"
@@ -90,7 +109,13 @@ def write_run(
         for s in [*range(0, steps, eval_every), steps - 1]
     ]
     (path / "eval.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
-    config = {"objective": {"name": "asympo", "eps": 1e-6}, "optim": {"lr": 1e-4}, "seed": seed}
+    config = {
+        "objective": {"name": objective, "eps": 1e-6},
+        "optim": {"lr": 1e-4},
+        "learner": {"objective": objective, "hparams": {"neg_scale": 0.2} if objective == "spo" else {},
+                    "max_grad_norm": 1.0},
+        "seed": seed,
+    }  # fmt: skip
     (path / "config.json").write_text(json.dumps(config))
     (path / "summary.json").write_text(
         json.dumps({"pass1_before": 0.2, "pass1_after": final_pass1, "wall_s": 12.5})
@@ -143,6 +168,8 @@ def write_study(
                             final_pass1=pass1,
                             eval_every=8,
                             truncated_tail=False,
+                            objective=objective.partition("(")[0],
+                            diagnostics=objective != "naive",  # naive's cells predate the diagnostics
                         )
                         info = {"objective": objective, "staleness": staleness, "seed": seed, "lr": lr}
                         (cell / "cell.json").write_text(json.dumps(info))
@@ -365,8 +392,31 @@ def test_run_report_html_embeds_the_plots_and_shows_the_numbers(run_report):
     nll_pos = [r["nll/pos"] for r in written["rows"] if r["nll/pos"] is not None]
     row = re.search(r'<td class="key">nll/pos</td>(.*?)</tr>', html).group(1)
     assert row.endswith(f"<td>{len(nll_pos)}/60</td>") and f"<td>{min(nll_pos):.4g}</td>" in row
-    assert '<td class="key">objective.eps</td><td>1e-06</td>' in html
+    assert '<td class="key">objective.eps</td><td class="key">1e-06</td>' in html
     assert "half-written" in html and "summary: wall_s" in html
+
+
+def test_run_report_plots_the_length_and_weight_diagnostics_of_newer_runs(tmp_path):
+    run_dir = tmp_path / "run"
+    written = write_run(run_dir, steps=40, objective="spo", diagnostics=True)
+    report = build_report(run_dir)
+    names = [p.path.name for p in report.plots]
+    assert names[:6] == ["reward.png", "nll.png", "staleness.png", "lengths.png", "weights.png", "loss.png"]
+    for plot in report.plots:
+        assert_valid_png(plot.path)
+    others = next(p for p in report.plots if p.path.name == "other_metrics.png").caption
+    assert "spo/neg_weight" not in others and "len/pos" not in others and "grad/clipped" in others
+    # spo's effective negative weight is its neg_scale: the plot draws the configured one as a reference.
+    weights = next(f for f in run_figures(load_run(run_dir), 1) if f.stem == "weights")
+    assert (0.2, "spo neg_scale (0.2)") in weights.panels[0].hlines
+    clipped = sum(r["grad/clipped"] for r in written["rows"])
+    assert f"<td>{clipped / 40:.0%} ({clipped:.0f} of 40)</td>" in report.html.read_text()
+
+
+def test_spo_reference_line_defaults_to_spos_own_default():
+    torch_objectives = pytest.importorskip("asympo.objectives")
+    default = inspect.signature(torch_objectives.spo).parameters["neg_scale"].default
+    assert SPO_DEFAULT_NEG_SCALE == default
 
 
 def test_minimal_run_without_histograms_links_its_plots(tmp_path):
@@ -411,8 +461,14 @@ def test_study_report_plots(study_report):
     assert report.kind == "study" and report.html == study_dir / "report.html"
     names = [p.path.name for p in report.plots]
     assert names[:2] == ["final_vs_staleness.png", "curves_pass1.png"]
-    for name in ("curves_reward.png", "curves_nll_ratio.png", "curves_grad_norm_neg.png"):
+    for name in (
+        "curves_reward.png",
+        "curves_nll_ratio.png",
+        "curves_grad_norm_neg.png",
+        "curves_len_pos.png",
+    ):
         assert name in names
+    assert "curves_neg_weight.png" in names and "curves_entropy.png" in names
     assert "final_vs_lr.png" not in names  # a single learning rate
     for plot in report.plots:
         assert_valid_png(plot.path)
@@ -459,6 +515,28 @@ def test_study_summary_markdown_holds_the_same_numbers(study_report):
     assert f"{np.mean(group):.3f} ± {np.std(group, ddof=1):.3f} |" in best.split("##")[0]
     entropy = md.split("## policy/entropy at the end of training", 1)[1].split("##")[0]
     assert "| naive | 1.062 ± 0.000 | 1.062 ± 0.000 |" in entropy
+    # Newer diagnostics: naive's cells predate them and show "—"; the objective-namespaced weights of
+    # spo and asympo share one table. Over the last 2 of 24 steps asympo's weight is 0.5 + 0.01 * 22.5.
+    weight = md.split("## Effective negative weight (asympo/neg_weight, spo/neg_weight) at the end", 1)[1]
+    weight = weight.split("##")[0]
+    assert (
+        "| naive | — | — |" in weight and "| spo(neg_scale=0.2) | 0.200 ± 0.000 | 0.200 ± 0.000 |" in weight
+    )
+    assert "| asympo | 0.725 ± 0.000 | 0.725 ± 0.000 |" in weight
+    clipped = md.split("## Share of steps with gradient clipping active", 1)[1].split("##")[0]
+    assert (
+        "| naive | — | — |" in clipped and "| asympo | 0.250 ± 0.000 | 0.250 ± 0.000 |" in clipped
+    )  # 6 of 24
+    for key in ("len/pos", "len/neg", "nll/len_corr"):
+        assert f"## {key} at the end of training" in md
+
+
+def test_study_report_html_has_the_same_diagnostics(study_report):
+    _, _, report = study_report
+    html = report.html.read_text()
+    diagnostics = html.split('<h2 id="diagnostics">', 1)[1].split("<h2", 1)[0]
+    assert "<h3>Share of steps with gradient clipping active" in diagnostics
+    assert '<td class="key">asympo</td><td>0.725 ± 0.000</td><td>0.725 ± 0.000</td>' in diagnostics
 
 
 def test_learning_rate_sweep_gets_its_own_plot_and_groups(tmp_path):

@@ -86,6 +86,9 @@ figcaption { color: #555; font-size: 0.9em; max-width: 900px; }
 .warn { background: #fff6e0; border: 1px solid #f0c36d; padding: 0.5em 1em; }
 details { margin: 0.6em 0; } summary { cursor: pointer; color: #245; }
 nav a { margin-right: 1em; }
+.tables { display: flex; flex-wrap: wrap; gap: 0 2em; } .tables > div { width: min-content; min-width: 320px; }
+.tables td, .tables th { white-space: nowrap; }
+.tables h3 { font-size: 0.95em; margin: 1em 0 0 0; }
 """
 
 
@@ -145,12 +148,19 @@ def study_page(study: StudyData, plots: list[Plot], report_dir: Path, embed: boo
             "<p>Final held-out pass@1, mean ± sample std (ddof=1) over seeds, per objective and staleness; "
             "in brackets the seeds marked collapsed.</p>"
         )
-        sections.append(("Final pass@1", note + tables.pivot(groups, with_lr, "pass1", " collapsed").html()))
+        sections.append(("Final pass@1", note + tables.pivot(groups, "pass1", " collapsed").html()))
         note = (
             "<p>Mean ± sample standard deviation (ddof=1) over seeds; collapsed = seeds the study marked "
             "collapsed / seeds with a known verdict.</p>"
         )
         sections.append(("Results by group", note + tables.groups_table(groups, with_lr).html()))
+    diagnostics = tables.diagnostic_tables(study)
+    if diagnostics:
+        note = "<p>From the cells' own logs: mean ± sample std (ddof=1) over seeds; — where no cell logged it.</p>"
+        # Side by side where the page is wide: a dozen small pivots stacked would push the plots far down.
+        html = "".join(f"<div><h3>{escape(h)}</h3>{table.html()}</div>" for h, table in diagnostics)
+        html = f'<div class="tables">{html}</div>'
+        sections.append(("Diagnostics", note + html))
     if plots:
         sections.append(("Plots", figures(plots, report_dir, embed)))
     if study.rows:

@@ -74,14 +74,20 @@ class RunData:
     def __len__(self) -> int:
         return len(self.steps)
 
+    def key(self, key: str) -> str:
+        """`key` itself, or for a pseudo-key `*/name` the first logged key ending in `/name` (objective
+        metrics are namespaced by the objective: `asympo/neg_weight`, `spo/neg_weight`)."""
+        if key.startswith("*/"):
+            return next((k for k in self.scalars if k.endswith(key[1:])), key)
+        return key
+
     def has(self, key: str) -> bool:
-        """True when `key` was logged with at least one finite value."""
-        values = self.scalars.get(key)
-        return values is not None and bool(np.isfinite(values).any())
+        """True when `key` (or a `*/name` pseudo-key) was logged with at least one finite value."""
+        return bool(np.isfinite(self.series(key)).any())
 
     def series(self, key: str) -> np.ndarray:
-        """The values of `key` per step (`[S]`), all NaN when it was never logged."""
-        return self.scalars.get(key, np.full(len(self.steps), np.nan))
+        """The values of `key` (or a `*/name` pseudo-key) per step (`[S]`), all NaN when never logged."""
+        return self.scalars.get(self.key(key), np.full(len(self.steps), np.nan))
 
     def last(self, key: str) -> float:
         """The last finite value of `key`, NaN if there is none."""
@@ -213,6 +219,18 @@ class ResultRow:
         )
 
 
+@dataclass(frozen=True)
+class Series:
+    """One line of a study's plots and one row of its tables: an objective, and its learning rate when the
+    study varies it."""
+
+    objective: str
+    lr: float | None = None
+
+    def label(self) -> str:
+        return self.objective if self.lr is None else f"{self.objective} lr={self.lr:g}"
+
+
 @dataclass
 class StudyData:
     """A study directory: its results table, its cells and the study config (if it wrote one)."""
@@ -230,6 +248,11 @@ class StudyData:
     def objectives(self) -> list[str]:
         """Objective labels in order of first appearance (the preset's order), results first, then cells."""
         return list(dict.fromkeys([*(r.objective for r in self.rows), *(c.objective for c in self.cells)]))
+
+    def rank(self, series: Series) -> tuple[int, float]:
+        """Sort key of a line or row: the study's objective order, then the learning rate."""
+        order = self.objectives
+        return order.index(series.objective) if series.objective in order else len(order), series.lr or 0.0
 
     @property
     def staleness_levels(self) -> list[int]:

@@ -1,5 +1,6 @@
-"""The report's PNGs: a run's reward, NLL balance, staleness, losses, gradients and time; a study's final
-pass@1 against staleness (and learning rate) and its per-objective curves.
+"""The report's PNGs: a run's reward, NLL of positives and negatives, staleness, response lengths,
+per-response weights, losses, gradients and time (all but reward and staleness declared as `RunFigure`s);
+a study's final pass@1 against staleness (and learning rate) and its per-objective curves (`CURVES`).
 
 Figures are built with `matplotlib.figure.Figure` directly and saved through the Agg canvas, so the
 report never switches the global pyplot backend of the process that calls it (a notebook, a trainer).
@@ -22,14 +23,16 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from asympo.report.data import RunData, StudyData, align, auto_window, nan_mean_std, smooth, summarize
+from asympo.report.data import RunData, Series, StudyData, align, auto_window, nan_mean_std, smooth, summarize
 
 DPI = 100
 RAW_ALPHA = 0.25
 STEP_LABEL = "optimiser step"
 OTHERS_PER_FIGURE = 12
 # Fixed colours for the keys that appear together in several plots, so that "pos" is always green.
-KEY_COLORS = {"pos": "tab:green", "neg": "tab:red", "total": "tab:blue", "ratio": "tab:purple"}
+KEY_COLORS = {"pos": "tab:green", "neg": "tab:red", "total": "tab:blue", "ratio": "tab:purple",
+              "time/generate": "tab:orange", "time/wait": "tab:gray", "throughput/tokens_per_s": "tab:green",
+              "nll/len_corr": "tab:purple", "weight_min": "tab:green", "weight_max": "tab:red"}  # fmt: skip
 REWARD_COLOR, EVAL_COLOR = "tab:blue", "tab:orange"
 
 
@@ -72,12 +75,14 @@ def line(ax: Axes, x, y, *, label: str, color: str, window: int) -> bool:
     finite = np.isfinite(y)
     if not finite.any():
         return False
+    style = "--" if label in DASHED else "-"
     if window > 1:
-        ax.plot(x[finite], y[finite], color=color, alpha=RAW_ALPHA, linewidth=0.8)
-        ax.plot(x, smooth(y, window), color=color, linewidth=1.8, label=label)
+        ax.plot(x[finite], y[finite], color=color, alpha=RAW_ALPHA, linewidth=0.8, linestyle=style)
+        ax.plot(x, smooth(y, window), color=color, linewidth=1.8, label=label, linestyle=style)
     else:
         marker = "o" if finite.sum() <= 20 else None
-        ax.plot(x[finite], y[finite], color=color, linewidth=1.6, label=label, marker=marker, markersize=3)
+        ax.plot(x[finite], y[finite], color=color, linewidth=1.6, label=label, marker=marker, markersize=3,
+                linestyle=style)  # fmt: skip
     return True
 
 
@@ -106,35 +111,168 @@ def hide_unused(axes: np.ndarray, used: int) -> None:
 # ------------------------------------------------------------------------------------------------- run
 
 REWARD_KEYS = ("reward/mean", "reward/std")
-NLL_KEYS = ("nll/pos", "nll/neg", "nll/ratio")
 STALENESS_KEYS = ("staleness/mean", "staleness/max")
-LOSS_KEYS = ("loss/pos", "loss/neg", "loss/total")
-GRAD_KEYS = ("grad/norm", "grad/norm_pos", "grad/norm_neg")
-TIME_KEYS = ("time/generate", "time/train", "time/wait", "throughput/tokens_per_s")
-CLAIMED = {*REWARD_KEYS, *NLL_KEYS, *STALENESS_KEYS, *LOSS_KEYS, *GRAD_KEYS, *TIME_KEYS}
+DASHED = {"time/wait", "staleness/max"}
+"""Keys drawn dashed: they often coincide with another line of their panel (in a synchronous run)."""
+SPO_DEFAULT_NEG_SCALE = 0.5
+"""`asympo.objectives.spo`'s default `neg_scale` (read here without importing torch; a test keeps it equal)."""
+NEG_WEIGHT = "*/neg_weight"
+"""Pseudo-key: `<objective>/neg_weight`, whatever the objective's metric prefix (see `RunData.series`)."""
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One axes of a run figure: a line per logged key, coloured by `key_color`."""
+
+    keys: tuple[str, ...]
+    title: str
+    ylabel: str
+    hlines: tuple[tuple[float, str], ...] = ()
+    """Reference lines (y, legend label), drawn when the panel has data."""
+    log_if_wide: bool = False
+    """A log y axis when the values are positive and span more than 30x."""
+
+
+@dataclass(frozen=True)
+class RunFigure:
+    """A run PNG of one or more panels; skipped when none of its keys was logged."""
+
+    stem: str
+    title: str
+    caption: str
+    panels: tuple[Panel, ...]
+    rows: int = 1
+    size: tuple[float, float] = (8.0, 3.6)
+    """Inches per panel."""
+
+
+def key_color(key: str) -> str:
+    if key in KEY_COLORS:
+        return KEY_COLORS[key]
+    suffix = key.rsplit("/", 1)[-1].removeprefix("norm_")
+    return KEY_COLORS.get(suffix, "tab:blue")
+
+
+def smoothing_words(window: int) -> str:
+    if window <= 1:
+        return "Lines join the per-step values (no smoothing)."
+    return f"Faint: raw per step; bold: centred moving average over {window} steps."
+
+
+def run_figures(run: RunData, window: int) -> list[RunFigure]:
+    """The declarative run plots (reward and staleness have their own functions)."""
+    learner = run.config.get("learner", {}) if isinstance(run.config.get("learner"), dict) else {}
+    clip = learner.get("max_grad_norm")
+    clip_line = ((float(clip), f"clip threshold ({clip:g})"),) if is_positive(clip) else ()
+    neg_lines: tuple[tuple[float, str], ...] = ((1.0, "equal weight (1)"),)
+    if learner.get("objective") == "spo":
+        hparams = learner.get("hparams") if isinstance(learner.get("hparams"), dict) else {}
+        scale = hparams.get("neg_scale", SPO_DEFAULT_NEG_SCALE)
+        neg_lines += ((float(scale), f"spo neg_scale ({scale:g})"),)
+    smooth_words = smoothing_words(window)
+    return [
+        RunFigure(
+            "nll", "NLL of positive and negative responses",
+            "Mean per-response token NLL under the current policy of positive- and negative-advantage "
+            "responses, and their ratio. In the first study (docs/results.md) the failure under staleness "
+            "showed as a rising nll/pos (the policy pushed off its own correct answers), with reward "
+            "oscillations and rising entropy; nll/ratio did not rise for the objective that collapsed, and it "
+            "rises during healthy learning too, because learning lowers nll/pos. Gaps are steps whose batch "
+            "had no response of that sign. " + smooth_words,
+            (Panel(("nll/pos", "nll/neg"), "Current-policy NLL of positive vs negative responses",
+                   "mean token NLL"),
+             Panel(("nll/ratio",), "nll/ratio = nll/neg / nll/pos", "nll/ratio", ((1.0, "equal (1)"),),
+                   log_if_wide=True)),
+            rows=2, size=(8.0, 3.0),
+        ),
+        RunFigure(
+            "lengths", "Response lengths",
+            "Mean length in tokens of positive- and negative-advantage responses, and the correlation across "
+            "the batch's responses between a response's length and its mean token NLL (0: per-token NLL does "
+            "not depend on length). Per-response normalisation matters when these differ. " + smooth_words,
+            (Panel(("len/pos", "len/neg"), "Mean response length by advantage sign", "tokens"),
+             Panel(("nll/len_corr",), "Correlation of response length and NLL", "Pearson r",
+                   ((0.0, "none (0)"),))),
+            rows=2, size=(8.0, 3.0),
+        ),
+        RunFigure(
+            "weights", "Per-response weights",
+            "For objectives with per-response weights w_i (asympo: 1/l_i): the effective negative weight, "
+            "mean w_i on negative- over positive-advantage responses (spo's is its neg_scale, drawn as a "
+            "reference when the run is spo); the spread of the weights (std / mean) and their range. "
+            + smooth_words,
+            (Panel((NEG_WEIGHT,), "Effective negative weight", "mean w (neg) / mean w (pos)", neg_lines),
+             Panel(("*/weight_cv",), "Weight spread", "std / mean"),
+             Panel(("*/weight_min", "*/weight_max"), "Weight range", "w_i", log_if_wide=True)),
+            size=(4.4, 3.4),
+        ),
+        RunFigure(
+            "loss", "Loss terms",
+            "Signed contributions of positive- and negative-advantage responses to the loss, and the total. "
+            + smooth_words,
+            (Panel(("loss/pos", "loss/neg", "loss/total"),
+                   "Loss: signed contributions of positive and negative advantages", "loss (minimised)",
+                   ((0.0, ""),)),),
+        ),
+        RunFigure(
+            "grad", "Gradient norms",
+            "Gradient norm before clipping, with the clipping threshold; norm_pos / norm_neg are the norms of "
+            "the positive- and negative-advantage terms alone, when the objective logs them. "
+            + smooth_words,
+            (Panel(("grad/norm", "grad/norm_pos", "grad/norm_neg"),
+                   "Gradient norms (total, and of the positive / negative terms)", "L2 norm", clip_line,
+                   log_if_wide=True),),
+        ),
+        RunFigure(
+            "time", "Time and throughput",
+            "Per-step wall time of generation, training and waiting for rollouts (in asynchronous runs "
+            "generation overlaps training, so these do not add up to the step time), and training "
+            "throughput.",
+            (Panel(("time/generate", "time/train", "time/wait"), "Seconds per step", "seconds"),
+             Panel(("throughput/tokens_per_s",), "Throughput", "tokens / s")),
+            size=(5.4, 3.6),
+        ),
+    ]  # fmt: skip
+
+
+def is_positive(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
 
 def plot_run(run: RunData, out_dir: Path, window: int | None = None) -> list[Plot]:
     """Write every plot the run's data supports into `out_dir`; `window` smooths (default: auto)."""
     window = window or auto_window(len(run))
-    plots = [
-        reward_plot(run, out_dir, window),
-        nll_plot(run, out_dir, window),
-        staleness_plot(run, out_dir, window),
-    ]
-    plots += [
-        lines_plot(run, out_dir, window, LOSS_KEYS, "loss.png", "Loss terms",
-                   "Loss: signed contributions of positive and negative advantages", "loss (minimised)",
-                   "Signed contributions of positive- and negative-advantage responses to the loss, "
-                   "and the total.",
-                   zero_line=True),
-        lines_plot(run, out_dir, window, GRAD_KEYS, "grad.png", "Gradient norms",
-                   "Gradient norms (total, and of the positive / negative terms)", "L2 norm",
-                   "Gradient norm before clipping; norm_pos / norm_neg are the norms of the positive- and "
-                   "negative-advantage terms alone, when the objective logs them.", log_if_wide=True),
-        time_plot(run, out_dir, window),
-    ]  # fmt: skip
+    nll, *rest = (figure_plot(run, out_dir, window, spec) for spec in run_figures(run, window))
+    plots = [reward_plot(run, out_dir, window), nll, staleness_plot(run, out_dir, window), *rest]
     return [p for p in plots if p is not None] + other_metrics_plots(run, out_dir, window)
+
+
+def claimed_keys(run: RunData) -> set[str]:
+    """The logged keys a dedicated plot draws (the rest go to the "other metrics" grid)."""
+    keys = {*REWARD_KEYS, *STALENESS_KEYS}
+    keys.update(run.key(k) for spec in run_figures(run, 1) for panel in spec.panels for k in panel.keys)
+    return keys
+
+
+def figure_plot(run: RunData, out_dir: Path, window: int, spec: RunFigure) -> Plot | None:
+    if not any(run.has(k) for panel in spec.panels for k in panel.keys):
+        return None
+    fig, axes = new_figure(spec.rows, len(spec.panels) // spec.rows, panel=spec.size, sharex=spec.rows > 1)
+    for ax, panel in zip(axes.flat, spec.panels):
+        drawn = [k for k in panel.keys if line(ax, run.steps, run.series(k), label=run.key(k),
+                                               color=key_color(run.key(k)), window=window)]  # fmt: skip
+        if drawn:
+            for y, label in panel.hlines:
+                ax.axhline(y, color="gray", linestyle=":", linewidth=1, label=label or None)
+            if panel.log_if_wide and wants_log(*(run.series(k) for k in drawn)):
+                ax.set_yscale("log")
+        else:
+            empty_note(ax, "not logged: " + ", ".join(run.key(k) for k in panel.keys))
+        ax.set(title=panel.title, ylabel=panel.ylabel)
+        legend(ax, loc="best")
+    for ax in axes[-1]:
+        ax.set_xlabel(STEP_LABEL)
+    return Plot(save(fig, out_dir / f"{spec.stem}.png"), spec.title, spec.caption)
 
 
 def reward_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
@@ -144,13 +282,14 @@ def reward_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
     ax = axes[0, 0]
     x, mean = run.steps, run.series("reward/mean")
     line(ax, x, mean, label="train reward (batch mean)", color=REWARD_COLOR, window=window)
-    if run.has("reward/std"):
-        m, s = smooth(mean, window), smooth(run.series("reward/std"), window)
-        ax.fill_between(x, m - s, m + s, color=REWARD_COLOR, alpha=0.12, label="± batch std")
     # Held-out accuracy shares the axis when rewards live in [0, 1] (the exact-answer tasks); otherwise
     # it gets its own, so neither scale is squeezed.
     finite = mean[np.isfinite(mean)]
     same_axis = len(finite) == 0 or (finite.min() >= -0.05 and finite.max() <= 1.05)
+    if run.has("reward/std"):
+        m, s = smooth(mean, window), smooth(run.series("reward/std"), window)
+        lo, hi = (m - s, m + s) if not same_axis else (np.clip(m - s, 0, 1), np.clip(m + s, 0, 1))
+        ax.fill_between(x, lo, hi, color=REWARD_COLOR, alpha=0.12, label="± batch std")
     eval_ax = ax if same_axis else ax.twinx()
     if run.evals:
         eval_ax.plot(run.eval_steps, run.eval_pass1, "o-", color=EVAL_COLOR, linewidth=1.4, markersize=5,
@@ -174,43 +313,8 @@ def reward_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
     return Plot(
         save(fig, out_dir / "reward.png"),
         "Reward",
-        f"Batch-mean training reward (faint: raw per step; bold: centred moving average over {window} steps; "
-        "band: ± the within-batch reward std) and held-out pass@1 at each evaluation.",
-    )
-
-
-def nll_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
-    if not any(run.has(k) for k in NLL_KEYS):
-        return None
-    fig, axes = new_figure(2, 1, panel=(8.0, 3.0), sharex=True)
-    top, bottom = axes[0, 0], axes[1, 0]
-    line(
-        top, run.steps, run.series("nll/pos"), label="nll/pos (A > 0)", color=KEY_COLORS["pos"], window=window
-    )
-    line(
-        top, run.steps, run.series("nll/neg"), label="nll/neg (A < 0)", color=KEY_COLORS["neg"], window=window
-    )
-    top.set_ylabel("mean token NLL")
-    top.set_title("Scale imbalance: current-policy NLL of positive vs negative responses")
-    legend(top, loc="best")
-    ratio = run.series("nll/ratio")
-    if line(
-        bottom, run.steps, ratio, label="nll/ratio = neg / pos", color=KEY_COLORS["ratio"], window=window
-    ):
-        bottom.axhline(1.0, color="gray", linestyle=":", linewidth=1, label="balanced (1)")
-        if wants_log(ratio):
-            bottom.set_yscale("log")
-        legend(bottom, loc="best")
-    else:
-        empty_note(bottom, "nll/ratio not logged")
-    bottom.set_ylabel("nll/ratio")
-    bottom.set_xlabel(STEP_LABEL)
-    return Plot(
-        save(fig, out_dir / "nll.png"),
-        "NLL balance",
-        "Mean per-response token NLL under the current policy for positive- and negative-advantage "
-        "responses, and their ratio. A ratio rising above 1 is the scale-imbalance failure mode: the "
-        "negative terms dominate the loss. Gaps are steps whose batch had no response of that sign.",
+        f"Batch-mean training reward (band: ± the within-batch reward std, within [0, 1] for rewards in [0, 1]) and held-out pass@1 at each "
+        f"evaluation. {smoothing_words(window)}",
     )
 
 
@@ -226,18 +330,20 @@ def staleness_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
         total = counts.sum()
         levels = np.arange(len(counts))
         ax.bar(levels, counts / total if total > 0 else counts, color="tab:cyan", edgecolor="tab:blue")
+        # At least levels 0..2 on the axis: a synchronous run's single bar would otherwise fill the panel.
+        ax.set_xlim(-0.6, max(len(levels) - 1, 2) + 0.6)
         mean = float((levels * counts).sum() / total) if total > 0 else math.nan
         ax.axvline(mean, color="tab:red", linestyle="--", linewidth=1.2, label=f"mean {mean:.2f}")
         ax.set_xlabel("staleness (learner version − sample version)")
         ax.set_ylabel("fraction of trained samples")
         ax.set_title(f"Staleness histogram ({int(total)} samples, {len(run)} steps)")
         if len(levels) <= 20:
-            ax.set_xticks(levels)
+            ax.set_xticks(np.arange(max(len(levels), 3)))
         legend(ax)
     if has_series:
         ax = next(ax_iter)
-        line(ax, run.steps, run.series("staleness/mean"), label="mean", color="tab:blue", window=window)
-        line(ax, run.steps, run.series("staleness/max"), label="max", color="tab:red", window=1)
+        for key, color, w in (("staleness/mean", "tab:blue", window), ("staleness/max", "tab:red", 1)):
+            line(ax, run.steps, run.series(key), label=key, color=color, window=w)
         ax.set(xlabel=STEP_LABEL, ylabel="staleness (versions)", title="Staleness per step")
         legend(ax)
     return Plot(
@@ -248,53 +354,10 @@ def staleness_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
     )
 
 
-def time_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
-    if not any(run.has(k) for k in TIME_KEYS):
-        return None
-    fig, axes = new_figure(1, 2, panel=(5.4, 3.6))
-    left, right = axes[0, 0], axes[0, 1]
-    colors = {"time/generate": "tab:orange", "time/train": "tab:blue", "time/wait": "tab:gray"}
-    drawn = [line(left, run.steps, run.series(k), label=k, color=c, window=window) for k, c in colors.items()]
-    left.set(title="Seconds per step", xlabel=STEP_LABEL, ylabel="seconds")
-    legend(left)
-    if not any(drawn):
-        empty_note(left, "no time/* keys logged")
-    tokens = run.series("throughput/tokens_per_s")
-    if not line(right, run.steps, tokens, label="tokens/s", color="tab:green", window=window):
-        empty_note(right, "throughput not logged")
-    right.set(title="Throughput", xlabel=STEP_LABEL, ylabel="tokens / s")
-    return Plot(
-        save(fig, out_dir / "time.png"),
-        "Time and throughput",
-        "Per-step wall time of generation, training and waiting for rollouts (in asynchronous runs "
-        "generation overlaps training, so these do not add up to the step time), and training throughput.",
-    )
-
-
-def lines_plot(run: RunData, out_dir: Path, window: int, keys, filename, title, axis_title, ylabel,
-               caption, *, zero_line: bool = False, log_if_wide: bool = False) -> Plot | None:  # fmt: skip
-    """One panel with a line per present key (losses, gradient norms), coloured by the key's suffix."""
-    present = [k for k in keys if run.has(k)]
-    if not present:
-        return None
-    fig, axes = new_figure(panel=(8.0, 3.6))
-    ax = axes[0, 0]
-    for key in present:
-        suffix = key.rsplit("/", 1)[-1].removeprefix("norm_")
-        color = KEY_COLORS.get(suffix, "tab:blue" if suffix in {"norm", "total"} else "tab:gray")
-        line(ax, run.steps, run.series(key), label=key, color=color, window=window)
-    if zero_line:
-        ax.axhline(0.0, color="gray", linestyle=":", linewidth=1)
-    if log_if_wide and wants_log(*(run.series(k) for k in present)):
-        ax.set_yscale("log")
-    ax.set(title=axis_title, xlabel=STEP_LABEL, ylabel=ylabel)
-    legend(ax, loc="best")
-    return Plot(save(fig, out_dir / filename), title, caption + f" Bold: moving average over {window} steps.")
-
-
 def other_metrics_plots(run: RunData, out_dir: Path, window: int) -> list[Plot]:
     """Every other logged scalar (entropy, KL, user-objective metrics, ...) in a grid of small panels."""
-    keys = [k for k in run.scalars if k not in CLAIMED and run.has(k)]
+    claimed = claimed_keys(run)
+    keys = [k for k in run.scalars if k not in claimed and run.has(k)]
     plots = []
     for page, start in enumerate(range(0, len(keys), OTHERS_PER_FIGURE)):
         chunk = keys[start : start + OTHERS_PER_FIGURE]
@@ -330,41 +393,45 @@ class Curve:
     title: str
     ylabel: str
     caption: str
+    note: str = ""
+    """What the first study (docs/results.md) found about this curve, after the caption."""
+    hline: float | None = None
+    """A dotted reference line (1 for a ratio of equals, 0 for a correlation)."""
+    log_if_wide: bool = False
+    """A log y axis when all values are positive and span more than 30x."""
 
 
 # Drawn in this order; a curve whose key no cell logged is skipped.
 CURVES = (
     Curve(EVAL_KEY, "curves_pass1", "Held-out pass@1", "held-out pass@1", "Held-out pass@1 during training"),
-    Curve("reward/mean", "curves_reward", "Training reward", "batch-mean reward", "Training reward"),
-    Curve(
-        "nll/ratio", "curves_nll_ratio", "nll/ratio (neg / pos)", "nll/ratio",
-        "The scale-imbalance diagnostic: mean NLL of negative- over positive-advantage responses",
-    ),
+    Curve("reward/mean", "curves_reward", "Training reward", "batch-mean reward", "Training reward",
+          "In docs/results.md failure under staleness showed as oscillations of it."),
     Curve("nll/pos", "curves_nll_pos", "nll/pos", "mean token NLL",
-          "Mean NLL of positive-advantage responses"),
+          "Mean NLL of positive-advantage responses",
+          "In docs/results.md its rise above the starting value was the clearest sign of failure under "
+          "staleness."),
     Curve("nll/neg", "curves_nll_neg", "nll/neg", "mean token NLL",
           "Mean NLL of negative-advantage responses"),
-    Curve("grad/norm", "curves_grad_norm", "grad/norm", "L2 norm", "Total gradient norm"),
-    Curve(
-        "grad/norm_pos", "curves_grad_norm_pos", "grad/norm_pos", "L2 norm",
-        "Gradient norm of the positive-advantage terms alone",
-    ),
-    Curve(
-        "grad/norm_neg", "curves_grad_norm_neg", "grad/norm_neg", "L2 norm",
-        "Gradient norm of the negative-advantage terms alone",
-    ),
+    Curve("nll/ratio", "curves_nll_ratio", "nll/ratio (neg / pos)", "nll/ratio",
+          "Mean NLL of negative- over positive-advantage responses",
+          "It rises as learning lowers nll/pos, and in docs/results.md it did not rise for the objective that "
+          "collapsed under staleness.", 1.0, True),
+    Curve("policy/entropy", "curves_entropy", "policy/entropy", "mean token entropy",
+          "Policy entropy on the trained responses",
+          "In docs/results.md it rose with failure under staleness."),
+    Curve("len/pos", "curves_len_pos", "len/pos", "tokens", "Mean length of positive-advantage responses"),
+    Curve("len/neg", "curves_len_neg", "len/neg", "tokens", "Mean length of negative-advantage responses"),
+    Curve("nll/len_corr", "curves_nll_len_corr", "nll/len_corr", "Pearson r",
+          "Correlation of response length and mean token NLL across each batch's responses", "", 0.0),
+    Curve(NEG_WEIGHT, "curves_neg_weight", "Effective negative weight", "mean w (neg) / mean w (pos)",
+          "Mean per-response weight on negative- over positive-advantage responses (<objective>/neg_weight,"
+          " logged by objectives with per-response weights; spo's is its neg_scale)", "", 1.0),
+    Curve("grad/norm", "curves_grad_norm", "grad/norm", "L2 norm", "Total gradient norm", "", None, True),
+    Curve("grad/norm_pos", "curves_grad_norm_pos", "grad/norm_pos", "L2 norm",
+          "Gradient norm of the positive-advantage terms alone", "", None, True),
+    Curve("grad/norm_neg", "curves_grad_norm_neg", "grad/norm_neg", "L2 norm",
+          "Gradient norm of the negative-advantage terms alone", "", None, True),
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Series:
-    """One line in a study plot: an objective, and its learning rate when the study varies it."""
-
-    objective: str
-    lr: float | None
-
-    def label(self) -> str:
-        return self.objective if self.lr is None else f"{self.objective} lr={self.lr:g}"
 
 
 def plot_study(study: StudyData, out_dir: Path, window: int | None = None) -> list[Plot]:
@@ -385,9 +452,8 @@ def plot_study(study: StudyData, out_dir: Path, window: int | None = None) -> li
 
 
 def final_vs_staleness_plot(study: StudyData, out_dir: Path, colors: dict, styles: dict) -> Plot:
-    with_lr = (
-        len(study.result_lrs) > 1
-    )  # final plots split by the results' learning rates, curves by the cells'
+    # The final plots split by the results' learning rates, the curves by the cells'.
+    with_lr = len(study.result_lrs) > 1
     groups: dict[Series, dict[int, list]] = defaultdict(lambda: defaultdict(list))
     for row in study.rows:
         groups[Series(row.objective, row.lr if with_lr else None)][row.staleness].append(row)
@@ -482,69 +548,46 @@ def curves_plot(
         if (curve := _curve_of(cell.run, spec.key)) is not None:
             curves[(cell.staleness, Series(cell.objective, cell.lr if with_lr else None))].append(curve)
     # Legend and drawing order follow the study's objective order, not the cells' directory names.
-    rank = {objective: i for i, objective in enumerate(study.objectives)}
-    curves = dict(sorted(curves.items(), key=lambda kv: (rank[kv[0][1].objective], kv[0][1].lr or 0.0)))
-    all_values = []
+    curves = dict(sorted(curves.items(), key=lambda kv: study.rank(kv[0][1])))
+    is_eval = spec.key == EVAL_KEY  # evaluations are few: markers, no smoothing
+    smoothed = False
     for ax, level in zip(axes.flat, levels):
-        drawn = False
-        for (lvl, series), group in curves.items():
-            if lvl != level:
-                continue
+        for series, group in ((series, group) for (lvl, series), group in curves.items() if lvl == level):
             steps, matrix = align(group)
             mean, std = nan_mean_std(matrix)
-            w = 1 if spec.key == EVAL_KEY else (window or auto_window(len(steps)))  # evaluations are few
+            w = 1 if is_eval else (window or auto_window(len(steps)))
+            smoothed |= w > 1
             m, s = smooth(mean, w), smooth(std, w)
             color = colors[series.objective]
             if w > 1:  # the unsmoothed seed mean, faint, under the smoothed line
                 finite = np.isfinite(mean)
                 ax.plot(steps[finite], mean[finite], color=color, alpha=RAW_ALPHA * 0.8, linewidth=0.7)
-            marker = "o" if spec.key == EVAL_KEY else None
-            style = styles.get(series.lr, "-")
-            ax.plot(
-                steps,
-                m,
-                color=color,
-                linewidth=1.6,
-                linestyle=style,
-                label=series.label(),
-                marker=marker,
-                markersize=3,
-            )
+            ax.plot(steps, m, color=color, linewidth=1.6, linestyle=styles.get(series.lr, "-"),
+                    label=series.label(), marker="o" if is_eval else None, markersize=3)  # fmt: skip
             if len(group) > 1:
                 ax.fill_between(steps, m - s, m + s, color=color, alpha=0.12, linewidth=0)
-            all_values.append(matrix)
-            drawn = True
-        if not drawn:
+        if not ax.lines:
             empty_note(ax, "no data")
         ax.set(title=f"staleness {level}", xlabel="optimiser step", ylabel=spec.ylabel)
     hide_unused(axes, len(levels))
-    if (spec.key == "nll/ratio" or spec.key.startswith("grad/")) and wants_log(*all_values):
-        for ax in axes.flat:
+    values = [np.concatenate([v for _, v in group]) for group in curves.values()]
+    for ax in axes.flat:
+        if spec.log_if_wide and wants_log(*values):
             ax.set_yscale("log")
-    if spec.key == "nll/ratio":
-        for ax in axes.flat:
-            ax.axhline(1.0, color="gray", linestyle=":", linewidth=1)
+        if spec.hline is not None:
+            ax.axhline(spec.hline, color="gray", linestyle=":", linewidth=1)
     seen: dict[str, object] = {}
     for ax in axes.flat:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(label, handle)
-    if len(seen) > 8:  # a long legend goes under the panels, in columns, instead of squeezing them
-        fig.legend(
-            list(seen.values()),
-            list(seen),
-            loc="outside lower center",
-            ncols=min(4, -(-len(seen) // 3)),
-            fontsize="small",
-        )
-    else:
-        fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize="small")
+    # A long legend goes under the panels, in columns, instead of squeezing them.
+    where = dict(loc="outside lower center", ncols=min(4, -(-len(seen) // 3))) if len(seen) > 8 else {}
+    fig.legend(list(seen.values()), list(seen), fontsize="small", **{"loc": "outside right upper", **where})
     fig.suptitle(f"{spec.title} per objective (mean over seeds)")
-    smoothing = (
-        "" if spec.key == EVAL_KEY else " Bold: smoothed with a centred moving average; faint: unsmoothed."
-    )
+    smoothing = " Bold: smoothed with a centred moving average; faint: unsmoothed." if smoothed else ""
     caption = (
         f"{spec.caption}, one panel per staleness: the mean over seeds at each step (band: ± one std across "
-        f"seeds).{smoothing}"
+        f"seeds).{smoothing}" + (f" {spec.note}" if spec.note else "")
     )
     return Plot(save(fig, out_dir / f"{spec.stem}.png"), spec.title, caption)
 

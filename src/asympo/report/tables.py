@@ -11,11 +11,23 @@ from typing import Any
 
 import numpy as np
 
-from asympo.report.data import RunData, StudyData, Summary, summarize
+from asympo.report.data import RunData, Series, StudyData, Summary, summarize
 from asympo.study import FINAL_FRACTION, final_tail
 
-DIAGNOSTICS = ("nll/pos", "nll/neg", "grad/norm_pos", "grad/norm_neg", "policy/entropy")
-"""Per-step metrics whose end-of-training values (mean of the last 10% of steps) summary.md tabulates."""
+DIAGNOSTICS = {
+    "nll/pos": "",
+    "nll/neg": "",
+    "grad/norm_pos": "",
+    "grad/norm_neg": "",
+    "policy/entropy": "",
+    "len/pos": "",
+    "len/neg": "",
+    "nll/len_corr": "",
+    "*/neg_weight": "Effective negative weight",
+    "*/weight_cv": "Spread of the per-response weights",
+}
+"""Per-step metrics whose end-of-training values (mean of the last 10% of steps) the study summaries
+tabulate, with a description for the `*/name` pseudo-keys (an objective's namespaced metrics)."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +87,8 @@ def run_overview(run: RunData) -> Table:
         facts.append(["last policy version", fmt(run.last("policy_version"))])
     if run.has("reward/mean"):
         tail = final_tail(len(run))
-        facts.append(["final train reward", f"{fmt(run.final('reward/mean'))} (mean of last {tail} steps)"])
+        steps = f"last {tail} steps" if tail > 1 else "last step"
+        facts.append(["final train reward", f"{fmt(run.final('reward/mean'))} (mean of {steps})"])
     if run.evals:
         first, last = run.evals[0], run.evals[-1]
         best = max(run.evals, key=lambda e: e.pass1 if math.isfinite(e.pass1) else -math.inf)
@@ -93,6 +106,15 @@ def run_overview(run: RunData) -> Table:
         )
         facts.append(
             ["staleness mean / max", f"{fmt(np.nanmean(run.series('staleness/mean')))} / {fmt(top)}"]
+        )
+    if run.has("grad/clipped"):
+        clipped = run.series("grad/clipped")
+        n = int(np.isfinite(clipped).sum())
+        facts.append(
+            [
+                "steps with gradient clipping active",
+                f"{np.nanmean(clipped):.0%} ({int(np.nansum(clipped))} of {n})",
+            ]
         )
     facts += [[f"summary: {key}", fmt(value)] for key, value in run.summary.items()]
     return Table(["", "value"], facts)
@@ -118,7 +140,8 @@ def evals_table(run: RunData) -> Table:
 
 
 def config_table(config: dict[str, Any]) -> Table:
-    return Table(["key", "value"], [list(kv) for kv in flatten(config).items()], id="config")
+    # Both columns left-aligned: config values are mostly names and paths, not numbers to compare.
+    return Table(["key", "value"], [list(kv) for kv in flatten(config).items()], key_columns=2, id="config")
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -174,13 +197,13 @@ class GroupResult:
     def collapse_text(self) -> str:
         return f"{self.collapsed}/{self.collapse_known}" if self.collapse_known else "?"
 
-    def label(self, with_lr: bool) -> str:
-        return f"{self.objective} lr={self.lr:g}" if with_lr and self.lr is not None else self.objective
+    @property
+    def series(self) -> Series:
+        return Series(self.objective, self.lr)
 
 
 def group_results(study: StudyData) -> list[GroupResult]:
     """Group results.csv rows over seeds, in the study's objective order, then lr, then staleness."""
-    order = {objective: i for i, objective in enumerate(study.objectives)}
     with_lr = len(study.result_lrs) > 1
     groups: dict[tuple, list] = {}
     for row in study.rows:
@@ -200,20 +223,28 @@ def group_results(study: StudyData) -> list[GroupResult]:
                 sum(known), len(known), extra,
             )
         )  # fmt: skip
-    return sorted(out, key=lambda g: (order.get(g.objective, 1 << 30), g.lr or 0.0, g.staleness))
+    return sorted(out, key=lambda g: (study.rank(g.series), g.staleness))
 
 
-def pivot(groups: list[GroupResult], with_lr: bool, value: str = "pass1", collapsed: str = "") -> Table:
+def _pivot(entries: list[tuple[tuple, str, int, str]], id: str = "") -> Table:
+    """Objective rows × staleness columns from (sort key, row label, staleness, text) entries."""
+    levels = sorted({e[2] for e in entries})
+    cells: dict[str, dict[int, str]] = {}
+    for _, label, level, text in sorted(entries, key=lambda e: e[0]):
+        cells.setdefault(label, {})[level] = text
+    rows = [[label, *(by.get(level, "") for level in levels)] for label, by in cells.items()]
+    return Table(["objective", *(f"staleness {lv}" for lv in levels)], rows, id=id)
+
+
+def pivot(groups: list[GroupResult], value: str = "pass1", collapsed: str = "") -> Table:
     """Objective rows × staleness columns: mean ± std over seeds of `value` (pass1, reward or an extra
     column); for pass1 the collapsed seeds follow in brackets, as "(k/n{collapsed})"."""
-    levels = sorted({g.staleness for g in groups})
-    cells: dict[str, dict[int, str]] = {}
-    for g in groups:
+    entries = []
+    for i, g in enumerate(groups):  # groups come sorted: keep their row order
         s = getattr(g, value) if value in ("pass1", "reward") else g.extra.get(value, Summary(0, 0, 0))
         text = s.format() + (f" ({g.collapse_text()}{collapsed})" if value == "pass1" else "")
-        cells.setdefault(g.label(with_lr), {})[g.staleness] = text
-    rows = [[label, *(by.get(level, "") for level in levels)] for label, by in cells.items()]
-    return Table(["objective", *(f"staleness {lv}" for lv in levels)], rows, id="pivot")
+        entries.append(((i,), g.series.label(), g.staleness, text))
+    return _pivot(entries, id="pivot")
 
 
 def groups_table(groups: list[GroupResult], with_lr: bool) -> Table:
@@ -240,21 +271,14 @@ def groups_table(groups: list[GroupResult], with_lr: bool) -> Table:
 def cell_pivot(study: StudyData, with_lr: bool, value) -> Table | None:
     """Objective rows × staleness columns of `value(run) -> float` over each group's cells (mean ± std
     over seeds); None when no cell has logs."""
-    groups: dict[str, dict[int, list[float]]] = {}
-    sort_keys: dict[str, tuple] = {}
-    order = {o: k for k, o in enumerate(study.objectives)}
+    groups: dict[tuple, list[float]] = {}
     for cell in study.cells:
         if cell.run is not None:
-            lr = cell.lr if with_lr else None
-            label = f"{cell.objective} lr={lr:g}" if lr is not None else cell.objective
-            sort_keys[label] = (order.get(cell.objective, 1 << 30), lr or 0.0)
-            groups.setdefault(label, {}).setdefault(cell.staleness, []).append(value(cell.run))
-    if not groups:
-        return None
-    levels = sorted({lv for by in groups.values() for lv in by})
-    labels = sorted(groups, key=sort_keys.__getitem__)
-    rows = [[lb, *(summarize(groups[lb].get(lv, [])).format() for lv in levels)] for lb in labels]
-    return Table(["objective", *(f"staleness {lv}" for lv in levels)], rows)
+            series = Series(cell.objective, cell.lr if with_lr else None)
+            key = (study.rank(series), series.label(), cell.staleness)
+            groups.setdefault(key, []).append(value(cell.run))
+    entries = [(rank, label, level, summarize(vs).format()) for (rank, label, level), vs in groups.items()]
+    return _pivot(entries) if entries else None
 
 
 def _best_eval(run: RunData) -> float:
@@ -262,32 +286,50 @@ def _best_eval(run: RunData) -> float:
     return float(np.nanmax(p)) if len(p) and np.isfinite(p).any() else math.nan
 
 
+def _clipped_share(run: RunData) -> float:
+    clipped = run.series("grad/clipped")
+    return float(np.nanmean(clipped)) if np.isfinite(clipped).any() else math.nan
+
+
+def diagnostic_tables(study: StudyData) -> list[tuple[str, Table]]:
+    """(heading, table) per diagnostic some cell logged: the best evaluation, the share of steps with
+    gradient clipping active, and the end-of-training value of each of `DIAGNOSTICS`. Keys a cell never
+    logged (an older run, another objective) show as "—"."""
+    with_lr = len(study.result_lrs) > 1
+    logged = [c.run for c in study.cells if c.run is not None]
+    specs = [("Best held-out pass@1 at any evaluation (start included)", _best_eval, bool(logged))]
+    specs.append(
+        ("Share of steps with gradient clipping active (mean of grad/clipped over the run)", _clipped_share,
+         any(run.has("grad/clipped") for run in logged))
+    )  # fmt: skip
+    for key, what in DIAGNOSTICS.items():
+        names = sorted({run.key(key) for run in logged if run.has(key)})
+        heading = f"{what + ' (' + ', '.join(names) + ')' if what else key} at the end of training"
+        specs.append((heading + f" (mean of the last {int(FINAL_FRACTION * 100)}% of steps)",
+                      lambda run, key=key: run.final(key), bool(names)))  # fmt: skip
+    return [(heading, cell_pivot(study, with_lr, value)) for heading, value, present in specs if present]
+
+
 def study_markdown(study: StudyData) -> str:
     """`summary.md` of a study: final held-out pass@1, final reward and the extra columns, per group."""
     groups = group_results(study)
     if not groups:
         return f"# Study {study.path.name}\n\nNo results yet.\n"
-    with_lr = len(study.result_lrs) > 1
     seeds = sorted({s for g in groups for s in g.seeds})
     parts = [
         f"# Study {study.path.name}",
         f"{len(study.rows)} cells; seeds {', '.join(map(str, seeds))}. Every entry is the mean ± sample "
         "standard deviation (ddof=1) over seeds.",
         "## Final held-out pass@1 (collapsed seeds / seeds)",
-        pivot(groups, with_lr, "pass1").markdown(),
+        pivot(groups, "pass1").markdown(),
         "## Final training reward (mean of the last 10% of steps)",
-        pivot(groups, with_lr, "reward").markdown(),
+        pivot(groups, "reward").markdown(),
     ]
     for key in groups[0].extra:
         if key != "wall_s":
-            parts += [f"## {key}", pivot(groups, with_lr, key).markdown()]
-    best = cell_pivot(study, with_lr, _best_eval)
-    if best:
-        parts += ["## Best held-out pass@1 at any evaluation (start included)", best.markdown()]
-    for key in DIAGNOSTICS:
-        if any(c.run is not None and np.isfinite(c.run.series(key)).any() for c in study.cells):
-            table = cell_pivot(study, with_lr, lambda run, key=key: run.final(key))
-            parts += [f"## {key} at the end of training (mean of the last 10% of steps)", table.markdown()]
+            parts += [f"## {key}", pivot(groups, key).markdown()]
+    for heading, table in diagnostic_tables(study):
+        parts += [f"## {heading}", table.markdown()]
     walls = [g.extra["wall_s"] for g in groups if "wall_s" in g.extra and g.extra["wall_s"].n]
     if walls:
         total = sum(w.mean * w.n for w in walls)
