@@ -100,6 +100,11 @@ class LearnerConfig:
     """Log the policy entropy on the sampled responses (costs a softmax over the vocabulary)."""
     chunk_size: int = 1024
     """Token positions per chunk of the log-softmax."""
+    threads: int = 0
+    """Torch intra-op threads of the learner's process on CPU. 0 = auto: `OMP_NUM_THREADS` if set, else in
+    async mode the cores the rollout workers leave (cpu count - rollout.num_workers * rollout.threads, at
+    least 1), else torch's default (all cores). On a shared or oversubscribed machine use 1 (see
+    docs/benchmarks.md: 2 threads per op can be many times slower than 1 there)."""
 
     def __post_init__(self):
         obj = get_objective(self.objective)  # raises ValueError naming the valid objectives
@@ -133,6 +138,7 @@ class LearnerConfig:
             "grad_split_every",
             "chunk_size",
             "max_skipped_steps",
+            "threads",
         ):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"learner.{name} must be an int >= 0, got {getattr(self, name)!r}")

@@ -241,7 +241,8 @@ class ProcessBackend(DispatchingBackend):
         with self.lock:
             newest = max(self._history, default=None)
             old = {v: s for v, s in self._history.items() if v != newest}
-        # Plain copies: a published version's tensors share one block, which safetensors refuses to save.
+        # Plain copies (checkpoints are rare): a published version's tensors are views of one block, and
+        # safetensors before its check for disjoint views refuses to save tensors that share a storage.
         return {v: s.independent() if isinstance(s, SharedState) else s for v, s in old.items()}
 
     # ------------------------------------------------------------------ dispatcher thread
