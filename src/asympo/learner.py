@@ -102,8 +102,8 @@ class LearnerConfig:
     """Token positions per chunk of the log-softmax."""
     threads: int = 0
     """Torch intra-op threads of the learner's process on CPU. 0 = auto: `OMP_NUM_THREADS` if set, else in
-    async mode the cores the rollout workers leave (cpu count - rollout.num_workers * rollout.threads, at
-    least 1), else torch's default (all cores). On a shared or oversubscribed machine use 1 (see
+    async mode the CPUs the rollout workers leave (usable CPUs - rollout.num_workers * rollout.threads,
+    at least 1), else torch's default (all cores). On a shared or oversubscribed machine use 1 (see
     docs/benchmarks.md: 2 threads per op can be many times slower than 1 there)."""
 
     def __post_init__(self):

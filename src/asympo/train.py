@@ -344,6 +344,14 @@ class HeldOutEval:
 # ---------------------------------------------------------------------------------------------- the loop
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a container's cpuset or `taskset` limit, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def learner_threads(cfg: TrainConfig) -> int | None:
     """The torch threads the learner's process should use, or None to leave torch's choice
     (`learner.threads`, 0 = auto)."""
@@ -354,7 +362,7 @@ def learner_threads(cfg: TrainConfig) -> int | None:
     if cfg.mode == "async":
         # Leave the rollout workers their cores, so generation and training truly overlap.
         busy = cfg.rollout.num_workers * cfg.rollout.threads
-        return max(1, (os.cpu_count() or 1) - busy)
+        return max(1, usable_cpus() - busy)
     return None
 
 
