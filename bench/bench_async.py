@@ -16,16 +16,20 @@ publication time, staleness and response tokens/s. Then, per workload:
 - the thread split: on this machine the async learner and the rollout process share the cores (the
   learner gets `nproc - rollout threads`), so T and G each slow down; `bound at split` =
   (G_sync + T_sync) / max(G_async, T_async) is what perfect overlap could reach with the slowed phases;
-- the learner's per-step overheads that overlap cannot hide (publication, waiting).
+- the learner's per-step overheads that overlap cannot hide (publication, waiting), and the CPU time the
+  dispatcher thread takes in the learner's process per step (Linux: from /proc; it shares the learner's
+  core and GIL).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -67,6 +71,19 @@ class PublishTimer:
             cls.publish = orig
 
 
+def dispatcher_cpu_s() -> float:
+    """CPU seconds used so far by the backend's dispatcher thread in this process (NaN where unknown)."""
+    for t in threading.enumerate():
+        if t.name == "asympo-dispatch" and t.native_id is not None:
+            try:
+                fields = Path(f"/proc/self/task/{t.native_id}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                return float("nan")
+            # utime and stime are fields 14 and 15 of stat (11 and 12 after the command name).
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return float("nan")
+
+
 def random_model_dir(root: Path, max_positions: int) -> str:
     """The embedded architecture with random weights, saved as an HF directory (no EOS bias: long responses)."""
     from asympo.models.tiny import TinyModelConfig, build_tiny_model, save_pretrained
@@ -84,10 +101,12 @@ def run(mode: str, sets: list[str], out: Path, threads: int | None = None) -> di
         apply_overrides(preset_dict("demo"), [f"out={json.dumps(str(out))}", f"mode={mode}", *sets])
     )
     stamps: list[float] = []
+    dispatch_cpu: list[float] = []
 
     def on_event(ev: dict) -> None:
         if ev.get("event") == "step":
             stamps.append(time.monotonic())
+            dispatch_cpu.append(dispatcher_cpu_s())
 
     threads_before = torch.get_num_threads()
     if threads:
@@ -103,6 +122,8 @@ def run(mode: str, sets: list[str], out: Path, threads: int | None = None) -> di
     # Means, not medians: the per-step decomposition (train + wait + publish + other) must add up.
     med = statistics.mean
     intervals = [b - a for a, b in zip(stamps[skip:], stamps[skip + 1 :])]
+    cpu = dispatch_cpu[skip:]
+    dispatch_cpu_s = (cpu[-1] - cpu[0]) / (len(cpu) - 1) if len(cpu) > 1 else float("nan")
     return {
         "mode": mode,
         "s_per_step": med(intervals),
@@ -114,6 +135,7 @@ def run(mode: str, sets: list[str], out: Path, threads: int | None = None) -> di
         "response_tokens": med(r["batch/response_tokens"] for r in recs[skip:]),
         "tokens_per_s": med(r["batch/response_tokens"] for r in recs[skip:]) / med(intervals),
         "learner_threads": learner_threads,
+        "dispatch_cpu_s": dispatch_cpu_s,
         "wall_s": wall,
     }
 
@@ -214,7 +236,8 @@ def main() -> None:
             print(
                 f"learner overheads per async step: publish {a['publish_s'] * 1000:.1f} ms, "
                 f"wait {a['wait_s'] * 1000:.0f} ms, other (logging, dispatch) "
-                f"{(a['s_per_step'] - a['train_s'] - a['wait_s'] - a['publish_s']) * 1000:.0f} ms"
+                f"{(a['s_per_step'] - a['train_s'] - a['wait_s'] - a['publish_s']) * 1000:.0f} ms; "
+                f"dispatcher thread CPU {a['dispatch_cpu_s'] * 1000:.1f} ms/step"
                 + (f"; worker weight load {load_s * 1000:.1f} ms/version" if load_s == load_s else "")
             )
             rows.append(

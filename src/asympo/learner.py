@@ -113,6 +113,11 @@ class LearnerConfig:
     """Token positions per chunk of the log-softmax."""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     """Learner processes: {"kind": "fsdp2", "procs": N} shards the model over N ranks (docs/scaling.md)."""
+    threads: int = 0
+    """Torch intra-op threads of the learner's process on CPU. 0 = auto: `OMP_NUM_THREADS` if set, else in
+    async mode the CPUs the rollout workers leave (usable CPUs - rollout.num_workers * rollout.threads,
+    at least 1), else torch's default (all cores). On a shared or oversubscribed machine use 1 (see
+    docs/benchmarks.md: 2 threads per op can be many times slower than 1 there)."""
 
     def __post_init__(self):
         obj = get_objective(self.objective)  # raises ValueError naming the valid objectives
@@ -146,6 +151,7 @@ class LearnerConfig:
             "grad_split_every",
             "chunk_size",
             "max_skipped_steps",
+            "threads",
         ):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"learner.{name} must be an int >= 0, got {getattr(self, name)!r}")

@@ -401,6 +401,28 @@ class HeldOutEval:
 # ---------------------------------------------------------------------------------------------- the loop
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a container's cpuset or `taskset` limit, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def learner_threads(cfg: TrainConfig) -> int | None:
+    """The torch threads the learner's process should use, or None to leave torch's choice
+    (`learner.threads`, 0 = auto)."""
+    if cfg.learner.threads:
+        return cfg.learner.threads
+    if cfg.model.device != "cpu" or os.environ.get("OMP_NUM_THREADS"):
+        return None  # torch already follows OMP_NUM_THREADS
+    if cfg.mode == "async":
+        # Leave the rollout workers their cores, so generation and training truly overlap.
+        busy = cfg.rollout.num_workers * cfg.rollout.threads
+        return max(1, usable_cpus() - busy)
+    return None
+
+
 def train(
     cfg: TrainConfig, *, resume: bool = False, progress: bool = True, callbacks: list[Callback] | None = None
 ) -> RunResult | None:
@@ -445,10 +467,9 @@ def train(
 
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    if cfg.mode == "async" and cfg.model.device == "cpu":
-        # Leave the rollout workers their cores, so generation and training truly overlap.
-        busy = cfg.rollout.num_workers * cfg.rollout.threads
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - busy))
+    threads = learner_threads(cfg)
+    if threads:
+        torch.set_num_threads(threads)
     model_path = resolve_model_path(cfg, progress=progress)
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

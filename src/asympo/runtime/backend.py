@@ -236,13 +236,25 @@ class DispatchingBackend(BackendBase):
 
     def _stop_dispatcher(self) -> None:
         self._stop.set()
+        self._wake()
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+    def _wake(self) -> None:
+        """Tell a dispatcher that blocks between events that more may be issued now (the learner's version
+        changed, groups were dropped and replaced) or that it should stop. Polling dispatchers ignore it."""
 
     def next_batch(self, learner_version: int, n_groups: int) -> Batch:
         with self.lock:
             self._learner_version = learner_version
+        self._wake()
         return self._take(learner_version, n_groups, timeout=self.batch_timeout_s)
+
+    def _take_once(self, learner_version: int, n_groups: int, timeout: float | None):
+        ready, drops = super()._take_once(learner_version, n_groups, timeout)
+        if drops:
+            self._wake()  # their replacements are issued by the dispatcher
+        return ready, drops
 
     def _dispatch_loop(self) -> None:
         try:

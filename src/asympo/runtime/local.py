@@ -7,7 +7,9 @@
 - `ProcessBackend` (`mode="async"`): rollout workers are separate processes that generate continuously
   with the newest weights they may use, while the learner trains; a dispatcher thread in the learner's
   process issues prompts, collects groups into the staleness buffer, and restarts a worker that dies
-  (its prompts are re-queued).
+  (its prompts are re-queued). The dispatcher sleeps in one blocking wait on the workers' result pipes,
+  their process sentinels and a wake-up pipe (written when the learner's version changes), so it takes
+  no CPU from the learner between events.
 
 Both satisfy the `Backend` protocol (`asympo.runtime.backend`).
 """
@@ -17,10 +19,12 @@ from __future__ import annotations
 import atexit
 import os
 import queue as queue_mod
+import threading
 import time
 import traceback
 from collections import deque
 from dataclasses import replace
+from multiprocessing.connection import wait
 
 import torch
 
@@ -29,7 +33,7 @@ from asympo.engines.weight_sync import WeightSyncError
 from asympo.runtime.backend import BackendBase, DispatchingBackend, WorkerSpec, build_worker
 from asympo.runtime.records import Batch, PromptTask
 from asympo.runtime.scheduler import PromptScheduler
-from asympo.runtime.sync import InProcessSync, State, drain, snapshot
+from asympo.runtime.sync import InProcessSync, SharedState, State, drain, snapshot
 
 
 class InlineBackend(BackendBase):
@@ -80,7 +84,7 @@ class InlineBackend(BackendBase):
 
 
 def _worker_main(
-    spec: WorkerSpec, worker_id: int, task_q, weight_q, result_q, max_tasks: int, parent_pid: int
+    spec: WorkerSpec, worker_id: int, task_q, weight_q, result_conn, max_tasks: int, parent_pid: int
 ) -> None:
     """Rollout worker process: take tasks, wait for the weights they need, generate, send groups back.
     Exits on a `None` task or when the learner's process is gone (it is not a daemon: its reward pool
@@ -107,31 +111,42 @@ def _worker_main(
                 continue
             for t in ready:
                 pending.remove(t)
-            result_q.put(("groups", worker_id, worker.run(ready)))
+            result_conn.send(("groups", worker_id, worker.run(ready)))
     except KeyboardInterrupt:
         pass
     except (OpenAIEngineError, WeightSyncError) as e:  # a server's one-line error says it all
-        result_q.put(("error", worker_id, str(e)))
+        _send_error(result_conn, worker_id, str(e))
     except BaseException:
-        result_q.put(("error", worker_id, traceback.format_exc()))
+        _send_error(result_conn, worker_id, traceback.format_exc())
+
+
+def _send_error(result_conn, worker_id: int, text: str) -> None:
+    try:
+        result_conn.send(("error", worker_id, text))
+    except OSError:
+        pass  # the learner is gone (its end of the pipe closed): nobody left to tell
 
 
 class _WorkerHandle:
     # Each worker has queues of its own: a process killed while writing to a shared queue would leave
-    # that queue's lock held forever and silence every other worker.
+    # that queue's lock held forever and silence every other worker. Results come back on a pipe (not a
+    # queue) so that the dispatcher can block on it with `multiprocessing.connection.wait`; only the
+    # worker holds its write end, so the pipe reads EOF (rather than hanging) once the worker is gone.
     def __init__(self, ctx, spec: WorkerSpec, worker_id: int, max_tasks: int):
         self.id = worker_id
         self.task_q = ctx.Queue()
         self.weight_q = ctx.Queue()
-        self.result_q = result_q = ctx.Queue()
+        self.results, result_w = ctx.Pipe(duplex=False)
+        self.results_open = True  # False after EOF: a dead worker's pipe is readable forever
         self.outstanding: set[int] = set()
         self.process = ctx.Process(
             target=_worker_main,
-            args=(spec, worker_id, self.task_q, self.weight_q, result_q, max_tasks, os.getpid()),
+            args=(spec, worker_id, self.task_q, self.weight_q, result_w, max_tasks, os.getpid()),
             name=f"asympo-rollout-{worker_id}",
             daemon=False,  # may start a reward pool; close() (or the atexit hook) ends it
         )
         self.process.start()
+        result_w.close()  # the child has its copy
 
 
 class ProcessBackend(DispatchingBackend):
@@ -156,6 +171,12 @@ class ProcessBackend(DispatchingBackend):
         self._ctx = torch.multiprocessing.get_context("spawn")
         self.workers: list[_WorkerHandle] = []
         self._history: dict[int, State] = {}  # published versions a (re)started worker may still need
+        # The dispatcher blocks until a result, a worker's death or this pipe wakes it; the learner's thread
+        # writes a byte when it changes what may be issued (a new version, dropped groups) or stops it.
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._wake_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -183,7 +204,13 @@ class ProcessBackend(DispatchingBackend):
             if w.process.is_alive():
                 w.process.kill()
                 w.process.join(timeout=5)
+            w.results.close()
         self.buffer.close("backend closed")
+        with self._wake_lock:
+            for fd in (self._wake_r, self._wake_w):
+                if fd >= 0:
+                    os.close(fd)
+            self._wake_r = self._wake_w = -1
 
     # ------------------------------------------------------------------ learner side
 
@@ -191,6 +218,16 @@ class ProcessBackend(DispatchingBackend):
         self._add_version(snapshot(state, share_memory=True), version)
         with self.lock:
             self._learner_version = version
+        self._wake()
+
+    def _wake(self) -> None:
+        with self._wake_lock:
+            if self._wake_w < 0:
+                return  # closed
+            try:
+                os.write(self._wake_w, b"w")
+            except BlockingIOError:
+                pass  # the pipe is full of unread wake-ups: the dispatcher will wake anyway
 
     def _add_version(self, shared: State, version: int) -> None:
         with self.lock:
@@ -203,14 +240,34 @@ class ProcessBackend(DispatchingBackend):
     def history(self) -> dict[int, State]:
         with self.lock:
             newest = max(self._history, default=None)
-            return {v: s for v, s in self._history.items() if v != newest}
+            old = {v: s for v, s in self._history.items() if v != newest}
+        # Plain copies (checkpoints are rare): a published version's tensors are views of one block, and
+        # safetensors before its check for disjoint views refuses to save tensors that share a storage.
+        return {v: s.independent() if isinstance(s, SharedState) else s for v, s in old.items()}
 
     # ------------------------------------------------------------------ dispatcher thread
 
     def _dispatch_once(self) -> None:
         self._issue()
+        self._wait_for_event()
         self._collect()
         self._watch_workers()
+
+    def _wait_for_event(self) -> None:
+        """Block until a worker sent something, a worker died, or the learner woke us (no polling)."""
+        with self.lock:
+            handles = [w.results for w in self.workers if w.results_open]
+            handles += [w.process.sentinel for w in self.workers]
+        if self._wake_r < 0:
+            return
+        # The timeout is only a safety net: every event that lets more be issued also wakes the pipe.
+        ready = wait([*handles, self._wake_r], timeout=1.0)
+        if self._wake_r in ready:
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except (BlockingIOError, OSError):
+                pass
 
     def _issue(self) -> None:
         with self.lock:
@@ -221,28 +278,32 @@ class ProcessBackend(DispatchingBackend):
                 w.task_q.put(t)
 
     def _collect(self) -> None:
-        got = False
         for w in list(self.workers):
-            try:
-                kind, worker_id, payload = w.result_q.get_nowait()
-            except (queue_mod.Empty, OSError, ValueError):
-                continue
-            got = True
-            if kind == "error":
-                self.buffer.close(f"rollout worker {worker_id} failed:\n{payload}")
-                self._stop.set()
-                return
-            for group in payload:
-                with self.lock:
-                    w.outstanding.discard(group.group_id)
-                self._arrived(group)
-        if not got:
-            time.sleep(0.02)
+            while w.results_open:
+                try:
+                    if not w.results.poll():
+                        break
+                    kind, worker_id, payload = w.results.recv()
+                except (EOFError, OSError):
+                    # The worker exited (or died mid-message); its sentinel tells `_watch_workers`.
+                    w.results_open = False
+                    break
+                if kind == "error":
+                    self.buffer.close(f"rollout worker {worker_id} failed:\n{payload}")
+                    self._stop.set()
+                    return
+                for group in payload:
+                    with self.lock:
+                        w.outstanding.discard(group.group_id)
+                    self._arrived(group)
 
     def _watch_workers(self) -> None:
         for i, w in enumerate(self.workers):
             if w.process.is_alive() or self._stop.is_set():
                 continue
+            self._collect()  # what it sent before it died (an error report, finished groups) comes first
+            if self._stop.is_set():
+                return
             # A dead worker: re-queue its prompts, restart it and give it the weights it may need.
             lost = sorted(w.outstanding)
             if not self._worker_died(i, f"exit code {w.process.exitcode}", lost):
@@ -253,3 +314,4 @@ class ProcessBackend(DispatchingBackend):
                 for v in sorted(self._history):
                     new.weight_q.put((v, self._history[v]))
                 self.workers[i] = new
+            w.results.close()

@@ -21,12 +21,61 @@ State = Mapping[str, torch.Tensor]
 
 
 def snapshot(state: State, share_memory: bool = False) -> dict[str, torch.Tensor]:
-    """A detached CPU copy of a state dict that the learner's next step cannot change."""
-    out = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+    """A detached CPU copy of a state dict that the learner's next step cannot change.
+
+    With `share_memory`, the copy lives in one shared-memory block per dtype (a `SharedState`), which the
+    process backend's queues pass to the workers without copying the bytes."""
     if share_memory:
-        for v in out.values():
-            v.share_memory_()
-    return out
+        return SharedState.copy_of(state)
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+class SharedState(dict):
+    """A state dict whose tensors are views into one shared-memory block per dtype.
+
+    Why not `share_memory_()` on every tensor: each call creates a shared-memory segment (a file in
+    /dev/shm and an mmap), and pickling each tensor for a queue sends one file descriptor through
+    multiprocessing's resource sharer; a model has hundreds of tensors, so publishing a version cost per
+    tensor rather than per byte (docs/benchmarks.md, "Weight sync"). Here a version is one segment per
+    dtype, and pickling sends only those blocks plus the layout; the receiver rebuilds the views.
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor], blocks: dict[torch.dtype, torch.Tensor], layout):
+        super().__init__(tensors)
+        self._blocks = blocks
+        self._layout = layout  # ((name, dtype, offset, shape), ...) in insertion order
+
+    @classmethod
+    def copy_of(cls, state: State) -> SharedState:
+        sizes: dict[torch.dtype, int] = {}
+        layout = []
+        for k, v in state.items():
+            layout.append((k, v.dtype, sizes.get(v.dtype, 0), tuple(v.shape)))
+            sizes[v.dtype] = sizes.get(v.dtype, 0) + v.numel()
+        blocks = {dt: torch.empty(n, dtype=dt).share_memory_() for dt, n in sizes.items()}
+        out = cls._views(blocks, layout)
+        for k, v in state.items():
+            out[k].copy_(v.detach())  # copy_ reads across devices and layouts (non-contiguous, CUDA)
+        return out
+
+    @classmethod
+    def _views(cls, blocks, layout) -> SharedState:
+        tensors = {}
+        for name, dtype, offset, shape in layout:
+            n = 1
+            for d in shape:
+                n *= d
+            tensors[name] = blocks[dtype][offset : offset + n].view(shape)
+        return cls(tensors, blocks, tuple(layout))
+
+    def independent(self) -> dict[str, torch.Tensor]:
+        """Plain per-tensor copies (for safetensors, which refuses tensors that share memory)."""
+        return {k: v.clone() for k, v in self.items()}
+
+    def __reduce__(self):
+        # Pickle the blocks (torch's multiprocessing reductions share them, one handle each) and the
+        # layout, not the views: one file descriptor per dtype instead of one per tensor.
+        return (SharedState._views, (self._blocks, self._layout))
 
 
 class WeightStore:
