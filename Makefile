@@ -46,6 +46,7 @@ bench: setup  ## the benchmarks (ratios against a baseline run in the same proce
 	$(BIN)/python bench/bench_generate.py
 	$(BIN)/python bench/bench_weight_sync.py
 	$(BIN)/python bench/bench_scaling.py
+	$(BIN)/python bench/bench_serve.py
 	$(BIN)/python bench/bench_rewards.py $(if $(filter-out 0,$(BENCH_QUICK)),--rounds 1)
 
 test-slow: setup  ## the slow tests (longer training runs)
