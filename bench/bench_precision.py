@@ -18,28 +18,18 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from dataclasses import replace
 
 import torch
+from make_random_model import scaled_config
 
 from asympo.learner import Learner, LearnerConfig
-from asympo.models.tiny import TinyModelConfig, build_tiny_model, count_parameters
+from asympo.models.tiny import build_tiny_model, count_parameters
 from asympo.models.tokenizer import build_char_tokenizer
 from asympo.runtime.records import Batch, RolloutGroup, Sample
 
 
 def make_model(args):
-    heads = max(4, args.hidden_size // 64)
-    cfg = replace(
-        TinyModelConfig(),
-        hidden_size=args.hidden_size,
-        num_layers=args.layers,
-        num_heads=heads,
-        num_kv_heads=max(1, heads // 4),
-        intermediate_size=int(args.hidden_size * 8 / 3) // 64 * 64,
-        max_position_embeddings=args.response_len + 64,
-        init_seed=0,
-    )
+    cfg = scaled_config(args.hidden_size, args.layers, args.response_len + 64, seed=0)
     return build_tiny_model(cfg, build_char_tokenizer())
 
 

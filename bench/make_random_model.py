@@ -14,6 +14,22 @@ from asympo.models.tiny import TinyModelConfig, build_tiny_model, count_paramete
 from asympo.models.tokenizer import build_char_tokenizer
 
 
+def scaled_config(hidden_size: int, layers: int, max_positions: int, seed: int = 0) -> TinyModelConfig:
+    """The embedded architecture at another size: heads of 64 dims (at least 4), a quarter as many KV heads,
+    an MLP of 8/3 x hidden rounded to 64."""
+    heads = max(4, hidden_size // 64)
+    return replace(
+        TinyModelConfig(),
+        hidden_size=hidden_size,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=max(1, heads // 4),
+        intermediate_size=int(hidden_size * 8 / 3) // 64 * 64,
+        max_position_embeddings=max_positions,
+        init_seed=seed,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -26,17 +42,7 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    heads = max(4, args.hidden_size // 64)
-    cfg = replace(
-        TinyModelConfig(),
-        hidden_size=args.hidden_size,
-        num_layers=args.layers,
-        num_heads=heads,
-        num_kv_heads=max(1, heads // 4),
-        intermediate_size=int(args.hidden_size * 8 / 3) // 64 * 64,
-        max_position_embeddings=args.max_positions,
-        init_seed=args.seed,
-    )
+    cfg = scaled_config(args.hidden_size, args.layers, args.max_positions, args.seed)
     tok = build_char_tokenizer()
     model = build_tiny_model(cfg, tok)
     save_pretrained(model, tok, args.out)
