@@ -18,6 +18,7 @@ from asympo.study import (
     cells_of,
     final_mean,
     parse_objective_spec,
+    run_order,
     run_study,
 )
 
@@ -36,6 +37,17 @@ def smoke(model_dir) -> StudyConfig:
             "rollout.max_new_tokens=4",
         ],
     )
+
+
+def test_cells_run_seed_by_seed():
+    study = STUDY_PRESETS["reasoning"]
+    order = sorted(cells_of(study), key=lambda c: run_order(study, c))
+    seeds = [c.seed for c in order]
+    assert seeds == sorted(seeds, key=study.seeds.index)
+    per_seed = len(study.objectives) * len(study.staleness)
+    assert {(c.spec.label, c.staleness) for c in order[:per_seed]} == {
+        (o.label, d) for o in study.objectives for d in study.staleness
+    }
 
 
 def test_smoke_study_end_to_end(tmp_path, tiny_model_dir):

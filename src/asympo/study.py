@@ -270,6 +270,13 @@ def cells_of(study: StudyConfig) -> list[Cell]:
     ]
 
 
+def run_order(study: StudyConfig, cell: Cell) -> int:
+    """Sort key of the order cells run in: seed by seed. A study stopped early (the big ones take hours)
+    then holds the whole grid for its first seeds, which the tables can use, instead of every seed of its
+    first staleness levels. (results.csv keeps the order of `cells_of`.)"""
+    return study.seeds.index(cell.seed)
+
+
 def cell_config(study: StudyConfig, cell: Cell, out: Path) -> TrainConfig:
     from asympo.config import TrainConfig, apply_overrides
     from asympo.presets import preset_dict
@@ -382,6 +389,7 @@ def run_study(
             rows[c.name] = result_row(d, info, study.collapse_fraction)
         else:
             todo.append((c, info))
+    todo.sort(key=lambda item: run_order(study, item[0]))
     bar = _StudyProgress(len(cells), len(rows), enabled=progress)
     threads = max(1, (os.cpu_count() or 2) // max(1, parallel))
     t0 = time.monotonic()
