@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -391,7 +390,9 @@ def run_study(
             todo.append((c, info))
     todo.sort(key=lambda item: run_order(study, item[0]))
     bar = _StudyProgress(len(cells), len(rows), enabled=progress)
-    threads = max(1, (os.cpu_count() or 2) // max(1, parallel))
+    from asympo.train import usable_cpus
+
+    threads = max(1, usable_cpus() // max(1, parallel))  # a cell's learner.threads, if set, wins
     t0 = time.monotonic()
     if todo:
         import multiprocessing
