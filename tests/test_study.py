@@ -15,8 +15,10 @@ from asympo.study import (
     STUDY_PRESETS,
     ObjectiveSpec,
     StudyConfig,
+    cell_config,
     cells_of,
     final_mean,
+    find_reusable,
     parse_objective_spec,
     run_order,
     run_study,
@@ -94,6 +96,32 @@ def test_unfinished_cell_is_rerun(tmp_path, tiny_model_dir):
     run_study(study, out, parallel=1, progress=False, report=False)
     assert (cell / "summary.json").exists()
     assert len((cell / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_identical_cells_of_another_study_are_reused_not_rerun(tmp_path, tiny_model_dir):
+    first = smoke(tiny_model_dir)
+    first.objectives, first.staleness = first.objectives[:1], [2]  # naive at d=2
+    run_study(first, tmp_path / "a", parallel=1, progress=False, report=False)
+    (source,) = list((tmp_path / "a" / "cells").iterdir())
+    # The same cell, named differently (an explicit default) and beside a cell no other study has.
+    second = smoke(tiny_model_dir)
+    second.objectives = [
+        ObjectiveSpec("naive", {}, learner={"agg": "seq-mean-token-mean"}),
+        ObjectiveSpec("naive", {}, learner={"agg": "token-mean"}),
+    ]
+    second.staleness = [2]
+    path = run_study(second, tmp_path / "b", parallel=1, progress=False, report=False, reuse=[tmp_path / "a"])
+    rows = {r["objective"]: r for r in csv.DictReader(path.open())}
+    same, other = cells_of(second)
+    reused = json.loads((tmp_path / "b" / "cells" / same.name / "cell.json").read_text())
+    ran = json.loads((tmp_path / "b" / "cells" / other.name / "cell.json").read_text())
+    assert reused["reused_from"] == str(source) and "reused_from" not in ran
+    (a_row,) = csv.DictReader((tmp_path / "a" / "results.csv").open())
+    assert rows[same.spec.label]["final_reward"] == a_row["final_reward"]
+    # A real-async cell is never taken from elsewhere: it is not deterministic.
+    async_cfg = cell_config(second, cells_of(second)[0], tmp_path / "b")
+    async_cfg.mode = "async"
+    assert find_reusable(async_cfg, [tmp_path / "a"]) is None
 
 
 def test_objective_specs_parse_names_and_hyperparameters():

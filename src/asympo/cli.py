@@ -343,7 +343,9 @@ def _cmd_study(args: argparse.Namespace) -> int:
         mode=base.mode,
     )
     t0 = time.monotonic()
-    path = run_study(study, args.out, parallel=args.parallel, progress=not args.no_progress)
+    path = run_study(
+        study, args.out, parallel=args.parallel, progress=not args.no_progress, reuse=args.reuse or ()
+    )
     print(f"results: {path}")
     print(f"report: {Path(args.out) / 'report.html'}")
     print(f"wall time: {time.monotonic() - t0:.0f}s")
@@ -430,6 +432,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=2, help="cells run at once (processes)")
     p.add_argument("--steps", type=int, help="override every cell's optimiser steps")
     p.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
+    p.add_argument(
+        "--reuse",
+        nargs="+",
+        metavar="DIR",
+        help="other study directories: a finished fixed-delay cell there with the same config is copied "
+        "instead of run again (deterministic; async cells are always run)",
+    )
     p.add_argument(
         "--objectives",
         nargs="+",

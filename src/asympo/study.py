@@ -358,10 +358,52 @@ def write_results(out: Path, rows: list[dict]) -> Path:
     return out / "results.csv"
 
 
+def _comparable(config: dict) -> dict:
+    """A cell's config without where it was written, normalised through TrainConfig (so a field set to its
+    default equals a field left out)."""
+    from asympo.config import TrainConfig
+
+    normal = TrainConfig.from_dict(config).to_dict()
+    normal.pop("out")
+    return normal
+
+
+def find_reusable(cfg: TrainConfig, sources: list[Path]) -> Path | None:
+    """A finished cell of another study directory in `sources` whose config equals `cfg` but for its
+    output path, or None. Only fixed-delay and sync cells: they are deterministic, so the copy is the
+    result running the cell again would give. Real async cells are never reused."""
+    if cfg.mode == "async":
+        return None
+    want = _comparable(cfg.to_dict())
+    for source in sources:
+        for d in sorted((Path(source) / "cells").glob("*")):
+            if all((d / f).is_file() for f in ("summary.json", "cell.json", "config.json")):
+                if _comparable(json.loads((d / "config.json").read_text())) == want:
+                    return d
+    return None
+
+
+def _reuse_cell(source: Path, dest: Path, info: dict) -> None:
+    """Copy a finished cell (its logs, not its checkpoints) and label it with this study's cell info."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("checkpoints"))
+    atomic_write_text(dest / "cell.json", json.dumps({**info, "reused_from": str(source)}))
+
+
 def run_study(
-    study: StudyConfig, out: str | Path, *, parallel: int = 2, progress: bool = True, report: bool = True
+    study: StudyConfig,
+    out: str | Path,
+    *,
+    parallel: int = 2,
+    progress: bool = True,
+    report: bool = True,
+    reuse: list[str | Path] = (),
 ) -> Path:
-    """Run every unfinished cell of `study` under `out`; returns the path of results.csv."""
+    """Run every unfinished cell of `study` under `out`; returns the path of results.csv.
+
+    `reuse`: other study directories whose finished cells with an identical config (`find_reusable`) are
+    copied instead of run again."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cells = cells_of(study)
@@ -384,7 +426,12 @@ def run_study(
             "collapse_fraction": study.collapse_fraction,
         }
         d = out / "cells" / c.name
-        if (d / "summary.json").exists() and (d / "cell.json").exists():
+        finished = (d / "summary.json").exists() and (d / "cell.json").exists()
+        source = None if finished or not reuse else find_reusable(configs[c.name], [Path(r) for r in reuse])
+        if source is not None:
+            _reuse_cell(source, d, info)
+            finished = True
+        if finished:
             rows[c.name] = result_row(d, info, study.collapse_fraction)
         else:
             todo.append((c, info))
