@@ -15,6 +15,7 @@ import csv
 import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,6 +246,15 @@ class StudyData:
         """Sort key of a line or row: the study's objective order, then the learning rate."""
         order = self.objectives
         return order.index(series.objective) if series.objective in order else len(order), series.lr or 0.0
+
+    def groups(self, items: Iterable, with_lr: bool) -> dict[tuple[Series, int], list]:
+        """Result rows or cells by (objective[, lr] series, staleness), ordered by `rank`, then staleness."""
+        groups: dict[tuple[Series, int], list] = {}
+        for item in items:
+            groups.setdefault(
+                (Series(item.objective, item.lr if with_lr else None), item.staleness), []
+            ).append(item)
+        return dict(sorted(groups.items(), key=lambda kv: (self.rank(kv[0][0]), kv[0][1])))
 
     @property
     def staleness_levels(self) -> list[int]:
