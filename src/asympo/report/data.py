@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,16 +23,13 @@ import numpy as np
 
 from asympo.study import REQUIRED_RESULT_COLUMNS, final_mean
 
-METRICS_FILE, EVAL_FILE, CONFIG_FILE, SUMMARY_FILE = (
-    "metrics.jsonl",
-    "eval.jsonl",
-    "config.json",
-    "summary.json",
+METRICS_FILE, EVAL_FILE, CONFIG_FILE = "metrics.jsonl", "eval.jsonl", "config.json"
+SUMMARY_FILE, RESULTS_FILE, CELLS_DIR, CELL_FILE = "summary.json", "results.csv", "cells", "cell.json"
+NULLS, TRUE, FALSE = (
+    {"", "none", "null", "nan", "na"},
+    {"true", "1", "yes", "1.0"},
+    {"false", "0", "no", "0.0"},
 )
-RESULTS_FILE, CELLS_DIR, CELL_FILE = "results.csv", "cells", "cell.json"
-NULLS = {"", "none", "null", "nan", "na"}
-TRUE, FALSE = {"true", "1", "yes", "1.0"}, {"false", "0", "no", "0.0"}
-_PASS_K = re.compile(r"^pass@(\d+)$")
 
 
 class ReportError(ValueError):
@@ -166,9 +162,8 @@ def _read_evals(file: Path, warnings: list[str]) -> list[EvalPoint]:
             pass_k = {f"pass@{k}" if str(k).isdigit() else str(k): to_float(v) for k, v in nested.items()}
         elif is_number(nested):
             pass_k["pass@k"] = to_float(nested)
-        pass_k.update(
-            {k: to_float(v) for k, v in row.items() if _PASS_K.match(k) and k != "pass@1" and is_number(v)}
-        )
+        top_level = (k for k, v in row.items() if k[:5] == "pass@" and k[5:].isdigit() and is_number(v))
+        pass_k.update({k: to_float(row[k]) for k in top_level if k != "pass@1"})
         n = row.get("n")
         by_step[int(step)] = EvalPoint(int(step), to_float(pass1), int(n) if is_number(n) else None, pass_k)
     return [by_step[s] for s in sorted(by_step)]
