@@ -28,8 +28,7 @@ REPORT_FILE, SUMMARY_FILE, PLOTS_DIR = "report.html", "summary.md", "plots"
 class Report:
     """What `build_report` wrote."""
 
-    kind: str
-    """"run" or "study"."""
+    kind: str  # "run" or "study"
     html: Path
     plots: list[Plot]
     warnings: list[str]

@@ -6,8 +6,6 @@ Figures are built with `matplotlib.figure.Figure` directly and saved through the
 report never switches the global pyplot backend of the process that calls it (a notebook, a trainer).
 A plot whose keys the data never logged is skipped, so a run of any objective (or a user objective with
 its own metrics) gets the plots its data supports; run keys no plot claims go to an "other metrics" grid.
-Study error bars are mean ± one sample std (ddof=1) over seeds, each seed drawn as a dot (a cross when
-the study marked it collapsed); study curves are the mean over seeds per step with a ± one std band.
 """
 
 from __future__ import annotations
