@@ -145,7 +145,7 @@ def study_page(study: StudyData, plots: list[Plot], report_dir: Path, embed: boo
             "<p>Final held-out pass@1, mean ± sample std (ddof=1) over seeds, per objective and staleness; "
             "in brackets the seeds marked collapsed.</p>"
         )
-        pivot = tables.pass1_pivot(tables.result_groups(study), " collapsed")
+        pivot = tables.column_pivot(tables.result_groups(study), "final_pass1", " collapsed")
         sections.append(("Final pass@1", note + pivot.html()))
         note = (
             "<p>Mean ± sample standard deviation (ddof=1) over seeds; collapsed = seeds the study marked "

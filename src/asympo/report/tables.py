@@ -180,7 +180,7 @@ def column(rows: list[ResultRow], name: str) -> Summary:
 
 
 def collapse_text(rows: list[ResultRow]) -> str:
-    """ "k/n": seeds marked collapsed / seeds whose collapse is known (rows rebuilt from cells leave it unknown)."""
+    """Seeds marked collapsed / seeds whose collapse is known ("?" for rows rebuilt from cells)."""
     known = [r.collapsed for r in rows if r.collapsed is not None]
     return f"{sum(known)}/{len(known)}" if known else "?"
 
@@ -195,32 +195,27 @@ def pivot(groups: Groups, text: Callable[[list], str], id: str = "") -> Table:
     return Table(["objective", *(f"staleness {lv}" for lv in levels)], rows, id=id)
 
 
-def pass1_pivot(groups: Groups, collapsed: str = "") -> Table:
-    """Final pass@1 per group, the collapsed seeds after it in brackets, as "(k/n{collapsed})"."""
-    return pivot(
-        groups,
-        lambda rows: f"{column(rows, 'final_pass1').format()} ({collapse_text(rows)}{collapsed})",
-        "pivot",
-    )
+def column_pivot(groups: Groups, name: str, collapsed: str | None = None) -> Table:
+    """`pivot` of a results.csv column; with `collapsed`, the collapsed seeds follow in brackets, as
+    "(k/n{collapsed})"."""
+
+    def text(rows: list[ResultRow]) -> str:
+        value = column(rows, name).format()
+        return value if collapsed is None else f"{value} ({collapse_text(rows)}{collapsed})"
+
+    return pivot(groups, text, "pivot")
 
 
 def groups_table(study: StudyData) -> Table:
     with_lr, extras = len(study.result_lrs) > 1, extra_columns(study)
-    headers = [
-        "objective",
-        *(["lr"] if with_lr else []),
-        "staleness",
-        "seeds",
-        "final pass@1",
-        "final reward",
-        "collapsed",
-    ]
-    rows = [
-        [series.objective, *([series.lr] if with_lr else []), level, len(rows), column(rows, "final_pass1").format(),
-         column(rows, "final_reward").format(), collapse_text(rows), *(column(rows, k).format() for k in extras)]
-        for (series, level), rows in result_groups(study).items()
-    ]  # fmt: skip
-    return Table([*headers, *extras], rows, id="groups")
+    lr = ["lr"] if with_lr else []
+    headers = ["objective", *lr, "staleness", "seeds", "final pass@1", "final reward", "collapsed", *extras]
+    rows = []
+    for (series, level), group in result_groups(study).items():
+        pass1, reward, *more = (column(group, k).format() for k in ("final_pass1", "final_reward", *extras))
+        lr = [series.lr] if with_lr else []
+        rows.append([series.objective, *lr, level, len(group), pass1, reward, collapse_text(group), *more])
+    return Table(headers, rows, id="groups")
 
 
 def diagnostic_tables(study: StudyData) -> list[tuple[str, Table]]:
@@ -228,19 +223,19 @@ def diagnostic_tables(study: StudyData) -> list[tuple[str, Table]]:
     gradient clipping active, and the end-of-training value of each of `DIAGNOSTICS`, as mean ± std over
     each group's seeds. Keys a cell never logged (an older run, another objective) show as "—"."""
     logged = [c for c in study.cells if c.run is not None]
-    groups = study.groups(logged, with_lr=len(study.result_lrs) > 1)
     runs = [c.run for c in logged]
-    specs = [("Best held-out pass@1 at any evaluation (start included)", _best_eval, bool(logged))]
-    specs.append(
+    specs = [
+        ("Best held-out pass@1 at any evaluation (start included)", _best_eval, bool(runs)),
         ("Share of steps with gradient clipping active (mean of grad/clipped over the run)", _clipped_share,
-         any(run.has("grad/clipped") for run in runs))
-    )  # fmt: skip
+         any(run.has("grad/clipped") for run in runs)),
+    ]  # fmt: skip
     for key in DIAGNOSTICS:
         names = sorted({run.key(key) for run in runs if run.has(key)})
         what = f"{DESCRIBED[key]} ({', '.join(names)})" if key in DESCRIBED else key
         specs.append(
             (f"{what} at the end of training {END}", lambda run, key=key: run.final(key), bool(names))
         )
+    groups = study.groups(logged, with_lr=len(study.result_lrs) > 1)
     return [
         (heading, pivot(groups, lambda cells, value=value: summarize([value(c.run) for c in cells]).format()))
         for heading, value, present in specs
@@ -268,13 +263,13 @@ def study_markdown(study: StudyData) -> str:
         f"{len(study.rows)} cells; seeds {', '.join(map(str, sorted({r.seed for r in study.rows})))}. Every entry "
         "is the mean ± sample standard deviation (ddof=1) over seeds.",
         "## Final held-out pass@1 (collapsed seeds / seeds)",
-        pass1_pivot(groups).markdown(),
+        column_pivot(groups, "final_pass1", collapsed="").markdown(),
         "## Final training reward (mean of the last 10% of steps)",
-        pivot(groups, lambda rows: column(rows, "final_reward").format()).markdown(),
+        column_pivot(groups, "final_reward").markdown(),
     ]
     for key in extras:
         if key != "wall_s":
-            parts += [f"## {key}", pivot(groups, lambda rows, key=key: column(rows, key).format()).markdown()]
+            parts += [f"## {key}", column_pivot(groups, key).markdown()]
     for heading, table in diagnostic_tables(study):
         parts += [f"## {heading}", table.markdown()]
     walls = [w for rows in groups.values() if (w := column(rows, "wall_s")).n] if "wall_s" in extras else []
