@@ -223,6 +223,7 @@ def run_figures(run: RunData, window: int) -> list[RunFigure]:
 def plot_run(run: RunData, out_dir: Path, window: int | None = None) -> list[Plot]:
     """Write every plot the run's data supports into `out_dir`; `window` smooths (default: auto)."""
     window = window or auto_window(len(run))
+    # The declared figures, nll first, around the two drawn by their own functions: reward, nll, staleness, ...
     nll, *rest = (figure_plot(run, out_dir, window, spec) for spec in run_figures(run, window))
     plots = [reward_plot(run, out_dir, window), nll, staleness_plot(run, out_dir, window), *rest]
     return [p for p in plots if p is not None] + other_metrics_plots(run, out_dir, window)

@@ -264,7 +264,7 @@ def study_markdown(study: StudyData) -> str:
         "is the mean ± sample standard deviation (ddof=1) over seeds.",
         "## Final held-out pass@1 (collapsed seeds / seeds)",
         column_pivot(groups, "final_pass1", collapsed="").markdown(),
-        "## Final training reward (mean of the last 10% of steps)",
+        f"## Final training reward {END}",
         column_pivot(groups, "final_reward").markdown(),
     ]
     for key in extras:
