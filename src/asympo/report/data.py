@@ -15,7 +15,7 @@ import csv
 import json
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,11 +110,7 @@ def is_run_dir(path: Path) -> bool:
 
 def load_run(path: str | Path) -> RunData:
     """Read a run directory. Raises `ReportError` when it is missing or holds no `metrics.jsonl`."""
-    path = existing_dir(path)
-    if not is_run_dir(path):
-        raise ReportError(
-            f"{path} is not a run directory: it has no {METRICS_FILE} ({describe_contents(path)})"
-        )
+    path = existing_dir(path, is_run_dir, f"a run directory: it has no {METRICS_FILE}")
     warnings: list[str] = []
     # A resumed run re-logs the steps after its last checkpoint; the later lines are the ones it kept.
     rows = read_jsonl(path / METRICS_FILE, warnings)
@@ -247,9 +243,8 @@ class StudyData:
         """Result rows or cells by (objective[, lr] series, staleness), ordered by `rank`, then staleness."""
         groups: dict[tuple[Series, int], list] = {}
         for item in items:
-            groups.setdefault(
-                (Series(item.objective, item.lr if with_lr else None), item.staleness), []
-            ).append(item)
+            key = (Series(item.objective, item.lr if with_lr else None), item.staleness)
+            groups.setdefault(key, []).append(item)
         return dict(sorted(groups.items(), key=lambda kv: (self.rank(kv[0][0]), kv[0][1])))
 
     @property
@@ -273,12 +268,9 @@ def is_study_dir(path: Path) -> bool:
 
 def load_study(path: str | Path) -> StudyData:
     """Read a study directory. Raises `ReportError` when it has neither `results.csv` nor `cells/`."""
-    path = existing_dir(path)
-    if not is_study_dir(path):
-        raise ReportError(
-            f"{path} is not a study directory: it has neither {RESULTS_FILE} nor {CELLS_DIR}/ "
-            f"({describe_contents(path)})"
-        )
+    path = existing_dir(
+        path, is_study_dir, f"a study directory: it has neither {RESULTS_FILE} nor {CELLS_DIR}/"
+    )
     warnings: list[str] = []
     cells = _read_cells(path / CELLS_DIR, warnings) if (path / CELLS_DIR).is_dir() else []
     from_cells = not (path / RESULTS_FILE).is_file()
@@ -383,13 +375,16 @@ def _row_from_cell(cell: CellRun, run: RunData) -> ResultRow:
 # -------------------------------------------------------------------------------------------- file level
 
 
-def existing_dir(path: str | Path) -> Path:
-    """`path` as a Path; `ReportError` when it does not exist or is not a directory."""
+def existing_dir(path: str | Path, is_kind: Callable[[Path], bool] | None = None, kind: str = "") -> Path:
+    """`path` as a Path; `ReportError` when it does not exist, is not a directory, or fails `is_kind`
+    (the error then says it is not `kind`, and what it holds instead)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise ReportError(f"{path} does not exist")
     if not path.is_dir():
         raise ReportError(f"{path} is not a directory (give a run or study directory)")
+    if is_kind is not None and not is_kind(path):
+        raise ReportError(f"{path} is not {kind} ({describe_contents(path)})")
     return path
 
 
