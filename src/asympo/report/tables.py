@@ -15,10 +15,8 @@ import numpy as np
 from asympo.report.data import ResultRow, RunData, Series, StudyData, Summary, summarize
 from asympo.study import FINAL_FRACTION, final_tail
 
-DIAGNOSTICS = (
-    "nll/pos nll/neg grad/norm_pos grad/norm_neg policy/entropy len/pos len/neg nll/len_corr".split()
-)
-DIAGNOSTICS += ["*/neg_weight", "*/weight_cv"]
+DIAGNOSTICS = ("nll/pos", "nll/neg", "grad/norm_pos", "grad/norm_neg", "policy/entropy", "len/pos", "len/neg",
+               "nll/len_corr", "*/neg_weight", "*/weight_cv")  # fmt: skip
 """Per-step metrics whose end-of-training values (mean of the last 10% of steps) the study summaries
 tabulate; the `*/name` pseudo-keys (an objective's namespaced metrics) are described in `DESCRIBED`."""
 DESCRIBED = {"*/neg_weight": "Effective negative weight", "*/weight_cv": "Spread of the per-response weights"}
