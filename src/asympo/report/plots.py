@@ -421,10 +421,8 @@ def plot_study(study: StudyData, out_dir: Path, window: int | None = None) -> li
         plots.append(final_vs_staleness_plot(study, out_dir, colors, styles))
         if len(study.result_lrs) > 1:
             plots.append(final_vs_lr_plot(study, out_dir, colors))
-    for curve in CURVES:
-        if any(_curve_of(cell.run, curve.key) is not None for cell in study.cells):
-            plots.append(curves_plot(study, out_dir, colors, styles, curve, window))
-    return plots
+    curves = (curves_plot(study, out_dir, colors, styles, curve, window) for curve in CURVES)
+    return plots + [p for p in curves if p is not None]
 
 
 def errorbar(ax: Axes, xs: list, summaries: list, **kw) -> None:
@@ -436,6 +434,7 @@ def errorbar(ax: Axes, xs: list, summaries: list, **kw) -> None:
 def final_vs_staleness_plot(study: StudyData, out_dir: Path, colors: dict, styles: dict) -> Plot:
     # The final plots split by the results' learning rates, the curves by the cells'.
     with_lr = len(study.result_lrs) > 1
+    # Series in the order of results.csv (not `StudyData.groups`' order): the legend follows the file.
     groups: dict[Series, dict[int, list]] = defaultdict(lambda: defaultdict(list))
     for row in study.rows:
         groups[Series(row.objective, row.lr if with_lr else None)][row.staleness].append(row)
@@ -516,12 +515,15 @@ def _curve_of(run: RunData | None, key: str) -> tuple[np.ndarray, np.ndarray] | 
 
 def curves_plot(
     study: StudyData, out_dir: Path, colors: dict, styles: dict, spec: Curve, window: int | None
-) -> Plot:
+) -> Plot | None:
+    """`spec`'s figure, None when no cell logged its key."""
+    logged = [cell for cell in study.cells if _curve_of(cell.run, spec.key) is not None]
+    if not logged:
+        return None
     levels = study.staleness_levels
     # One staleness level (an lr sweep): one wide panel, so many legend entries still leave room for it.
     panel = (7.2, 4.6) if len(levels) == 1 else (4.6, 3.4)
     fig, axes = new_figure(*_grid(len(levels)), panel=panel, sharey=True)
-    logged = [cell for cell in study.cells if _curve_of(cell.run, spec.key) is not None]
     # Legend and drawing order follow the study's objective order, not the cells' directory names.
     groups = {
         key: [_curve_of(cell.run, spec.key) for cell in cells]
