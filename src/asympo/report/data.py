@@ -14,11 +14,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from warnings import catch_warnings, simplefilter
 
 import numpy as np
 
@@ -26,11 +26,8 @@ from asympo.study import REQUIRED_RESULT_COLUMNS, final_mean
 
 METRICS_FILE, EVAL_FILE, CONFIG_FILE = "metrics.jsonl", "eval.jsonl", "config.json"
 SUMMARY_FILE, RESULTS_FILE, CELLS_DIR, CELL_FILE = "summary.json", "results.csv", "cells", "cell.json"
-NULLS, TRUE, FALSE = (
-    {"", "none", "null", "nan", "na"},
-    {"true", "1", "yes", "1.0"},
-    {"false", "0", "no", "0.0"},
-)
+NULLS = {"", "none", "null", "nan", "na"}
+TRUE, FALSE = {"true", "1", "yes", "1.0"}, {"false", "0", "no", "0.0"}
 
 
 class ReportError(ValueError):
@@ -521,6 +518,6 @@ def summarize(values: list[float] | np.ndarray) -> Summary:
 
 def nan_mean_std(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Column-wise mean and std (ddof=0) of [N, S] over the finite entries; NaN for an empty column."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # "mean of empty slice"
+    with catch_warnings():
+        simplefilter("ignore", RuntimeWarning)  # "mean of empty slice"
         return np.nanmean(matrix, axis=0), np.nanstd(matrix, axis=0)
