@@ -539,6 +539,52 @@ def test_study_report_html_has_the_same_diagnostics(study_report):
     assert '<td class="key">asympo</td><td>0.725 ± 0.000</td><td>0.725 ± 0.000</td>' in diagnostics
 
 
+def test_no_plot_section_or_table_goes_missing(run_report, study_report):
+    # A guard for refactors: every PNG, page section, table and summary.md heading of the fixtures, in order.
+    def outline(html: str) -> tuple[list[str], list[str], list[str]]:
+        return (
+            re.findall(r'<h2 id="[^"]*">([^<]*)</h2>', html),
+            re.findall(r'<table id="table-([^"]*)"', html),
+            re.findall(r'<figure id="([^"]*)"', html),
+        )
+
+    _, _, run = run_report
+    plots = ["reward", "nll", "staleness", "loss", "grad", "time", "other_metrics"]
+    assert [p.path.stem for p in run.plots] == plots
+    assert outline(run.html.read_text()) == (
+        ["Summary", "Plots", "Held-out evaluations", "Metrics", "Config"],
+        ["evals", "metrics", "config"],
+        plots,
+    )
+    study_dir, _, study = study_report
+    curves = ["pass1", "reward", "nll_pos", "nll_neg", "nll_ratio", "entropy", "len_pos", "len_neg"]
+    curves += ["nll_len_corr", "neg_weight", "grad_norm", "grad_norm_pos", "grad_norm_neg"]
+    plots = ["final_vs_staleness", *(f"curves_{c}" for c in curves)]
+    assert [p.path.stem for p in study.plots] == plots
+    html = study.html.read_text()
+    sections = ["Final pass@1", "Results by group", "Diagnostics", "Plots", "All results", "Cells"]
+    assert outline(html) == (sections, ["pivot", "groups", "results", "cells"], plots)
+    end = "at the end of training (mean of the last 10% of steps)"
+    diagnostics = [
+        "Best held-out pass@1 at any evaluation (start included)",
+        "Share of steps with gradient clipping active (mean of grad/clipped over the run)",
+        *(
+            f"{key} {end}"
+            for key in ("nll/pos", "nll/neg", "grad/norm_pos", "grad/norm_neg", "policy/entropy")
+        ),
+        *(f"{key} {end}" for key in ("len/pos", "len/neg", "nll/len_corr")),
+        f"Effective negative weight (asympo/neg_weight, spo/neg_weight) {end}",
+        f"Spread of the per-response weights (asympo/weight_cv, spo/weight_cv) {end}",
+    ]
+    assert re.findall(r"<h3>([^<]*)</h3>", html) == diagnostics
+    headings = re.findall(r"^## (.*)$", (study_dir / "summary.md").read_text(), flags=re.M)
+    first = [
+        "Final held-out pass@1 (collapsed seeds / seeds)",
+        "Final training reward (mean of the last 10% of steps)",
+    ]
+    assert headings == [*first, "start_pass1", *diagnostics]
+
+
 def test_learning_rate_sweep_gets_its_own_plot_and_groups(tmp_path):
     rows = write_study(tmp_path, cells=False, lrs=(3e-5, 1e-4, 3e-4))
     report = build_report(tmp_path)

@@ -28,8 +28,7 @@ REPORT_FILE, SUMMARY_FILE, PLOTS_DIR = "report.html", "summary.md", "plots"
 class Report:
     """What `build_report` wrote."""
 
-    kind: str
-    """"run" or "study"."""
+    kind: str  # "run" or "study"
     html: Path
     plots: list[Plot]
     warnings: list[str]
@@ -140,20 +139,19 @@ def run_page(run: RunData, plots: list[Plot], report_dir: Path, embed: bool) -> 
 
 
 def study_page(study: StudyData, plots: list[Plot], report_dir: Path, embed: bool) -> str:
-    groups = tables.group_results(study)
-    with_lr = len(study.result_lrs) > 1
     sections = []
-    if groups:
+    if study.rows:
         note = (
             "<p>Final held-out pass@1, mean ± sample std (ddof=1) over seeds, per objective and staleness; "
             "in brackets the seeds marked collapsed.</p>"
         )
-        sections.append(("Final pass@1", note + tables.pivot(groups, "pass1", " collapsed").html()))
+        pivot = tables.column_pivot(tables.result_groups(study), "final_pass1", " collapsed")
+        sections.append(("Final pass@1", note + pivot.html()))
         note = (
             "<p>Mean ± sample standard deviation (ddof=1) over seeds; collapsed = seeds the study marked "
             "collapsed / seeds with a known verdict.</p>"
         )
-        sections.append(("Results by group", note + tables.groups_table(groups, with_lr).html()))
+        sections.append(("Results by group", note + tables.groups_table(study).html()))
     diagnostics = tables.diagnostic_tables(study)
     if diagnostics:
         note = "<p>From the cells' own logs: mean ± sample std (ddof=1) over seeds; — where no cell logged it.</p>"

@@ -6,8 +6,6 @@ Figures are built with `matplotlib.figure.Figure` directly and saved through the
 report never switches the global pyplot backend of the process that calls it (a notebook, a trainer).
 A plot whose keys the data never logged is skipped, so a run of any objective (or a user objective with
 its own metrics) gets the plots its data supports; run keys no plot claims go to an "other metrics" grid.
-Study error bars are mean ± one sample std (ddof=1) over seeds, each seed drawn as a dot (a cross when
-the study marked it collapsed); study curves are the mean over seeds per step with a ± one std band.
 """
 
 from __future__ import annotations
@@ -25,15 +23,14 @@ from matplotlib.ticker import NullFormatter
 
 from asympo.report.data import RunData, Series, StudyData, align, auto_window, nan_mean_std, smooth, summarize
 
-DPI = 100
-RAW_ALPHA = 0.25
-STEP_LABEL = "optimiser step"
-OTHERS_PER_FIGURE = 12
+DPI, RAW_ALPHA, STEP_LABEL, OTHERS_PER_FIGURE = 100, 0.25, "optimiser step", 12
 # Fixed colours for the keys that appear together in several plots, so that "pos" is always green.
 KEY_COLORS = {"pos": "tab:green", "neg": "tab:red", "total": "tab:blue", "ratio": "tab:purple",
               "time/generate": "tab:orange", "time/wait": "tab:gray", "throughput/tokens_per_s": "tab:green",
               "nll/len_corr": "tab:purple", "weight_min": "tab:green", "weight_max": "tab:red"}  # fmt: skip
 REWARD_COLOR, EVAL_COLOR = "tab:blue", "tab:orange"
+DASHED = {"time/wait", "staleness/max"}
+"""Keys drawn dashed: they often coincide with another line of their panel (in a synchronous run)."""
 
 
 @dataclass(frozen=True)
@@ -45,12 +42,7 @@ class Plot:
     caption: str
 
 
-# --------------------------------------------------------------------------------------------- helpers
-
-
-def new_figure(
-    nrows: int = 1, ncols: int = 1, *, panel=(6.4, 3.4), **subplot_kw
-) -> tuple[Figure, np.ndarray]:
+def new_figure(nrows=1, ncols=1, *, panel=(6.4, 3.4), **subplot_kw) -> tuple[Figure, np.ndarray]:
     """A constrained-layout figure of nrows × ncols panels of `panel` inches each; axes as a 2-D array."""
     fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, **subplot_kw)
@@ -59,10 +51,10 @@ def new_figure(
     return fig, axes
 
 
-def save(fig: Figure, path: Path) -> Path:
+def save(fig: Figure, path: Path, title: str, caption: str) -> Plot:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, format="png")
-    return path
+    return Plot(path, title, caption)
 
 
 def line(ax: Axes, x, y, *, label: str, color: str, window: int) -> bool:
@@ -110,10 +102,6 @@ def hide_unused(axes: np.ndarray, used: int) -> None:
 
 # ------------------------------------------------------------------------------------------------- run
 
-REWARD_KEYS = ("reward/mean", "reward/std")
-STALENESS_KEYS = ("staleness/mean", "staleness/max")
-DASHED = {"time/wait", "staleness/max"}
-"""Keys drawn dashed: they often coincide with another line of their panel (in a synchronous run)."""
 SPO_DEFAULT_NEG_SCALE = 0.5
 """`asympo.objectives.spo`'s default `neg_scale` (read here without importing torch; a test keeps it equal)."""
 NEG_WEIGHT = "*/neg_weight"
@@ -122,20 +110,20 @@ NEG_WEIGHT = "*/neg_weight"
 
 @dataclass(frozen=True)
 class Panel:
-    """One axes of a run figure: a line per logged key, coloured by `key_color`."""
+    """One axes of a run figure: a line per logged key, coloured by `key_color`; reference lines
+    `hlines` (y, legend label) when it has data; a log y axis if `log_if_wide` and the values are positive
+    and span more than 30x."""
 
     keys: tuple[str, ...]
     title: str
     ylabel: str
     hlines: tuple[tuple[float, str], ...] = ()
-    """Reference lines (y, legend label), drawn when the panel has data."""
     log_if_wide: bool = False
-    """A log y axis when the values are positive and span more than 30x."""
 
 
 @dataclass(frozen=True)
 class RunFigure:
-    """A run PNG of one or more panels; skipped when none of its keys was logged."""
+    """A run PNG of one or more panels of `size` inches each; skipped when none of its keys was logged."""
 
     stem: str
     title: str
@@ -143,14 +131,10 @@ class RunFigure:
     panels: tuple[Panel, ...]
     rows: int = 1
     size: tuple[float, float] = (8.0, 3.6)
-    """Inches per panel."""
 
 
 def key_color(key: str) -> str:
-    if key in KEY_COLORS:
-        return KEY_COLORS[key]
-    suffix = key.rsplit("/", 1)[-1].removeprefix("norm_")
-    return KEY_COLORS.get(suffix, "tab:blue")
+    return KEY_COLORS.get(key) or KEY_COLORS.get(key.rsplit("/", 1)[-1].removeprefix("norm_"), "tab:blue")
 
 
 def smoothing_words(window: int) -> str:
@@ -161,9 +145,10 @@ def smoothing_words(window: int) -> str:
 
 def run_figures(run: RunData, window: int) -> list[RunFigure]:
     """The declarative run plots (reward and staleness have their own functions)."""
-    learner = run.config.get("learner", {}) if isinstance(run.config.get("learner"), dict) else {}
+    learner = run.config.get("learner") if isinstance(run.config.get("learner"), dict) else {}
     clip = learner.get("max_grad_norm")
-    clip_line = ((float(clip), f"clip threshold ({clip:g})"),) if is_positive(clip) else ()
+    is_positive = isinstance(clip, int | float) and not isinstance(clip, bool) and clip > 0
+    clip_line = ((float(clip), f"clip threshold ({clip:g})"),) if is_positive else ()
     neg_lines: tuple[tuple[float, str], ...] = ((1.0, "equal weight (1)"),)
     if learner.get("objective") == "spo":
         hparams = learner.get("hparams") if isinstance(learner.get("hparams"), dict) else {}
@@ -235,23 +220,13 @@ def run_figures(run: RunData, window: int) -> list[RunFigure]:
     ]  # fmt: skip
 
 
-def is_positive(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
-
-
 def plot_run(run: RunData, out_dir: Path, window: int | None = None) -> list[Plot]:
     """Write every plot the run's data supports into `out_dir`; `window` smooths (default: auto)."""
     window = window or auto_window(len(run))
+    # The declared figures, nll first, around the two drawn by their own functions: reward, nll, staleness, ...
     nll, *rest = (figure_plot(run, out_dir, window, spec) for spec in run_figures(run, window))
     plots = [reward_plot(run, out_dir, window), nll, staleness_plot(run, out_dir, window), *rest]
     return [p for p in plots if p is not None] + other_metrics_plots(run, out_dir, window)
-
-
-def claimed_keys(run: RunData) -> set[str]:
-    """The logged keys a dedicated plot draws (the rest go to the "other metrics" grid)."""
-    keys = {*REWARD_KEYS, *STALENESS_KEYS}
-    keys.update(run.key(k) for spec in run_figures(run, 1) for panel in spec.panels for k in panel.keys)
-    return keys
 
 
 def figure_plot(run: RunData, out_dir: Path, window: int, spec: RunFigure) -> Plot | None:
@@ -272,7 +247,7 @@ def figure_plot(run: RunData, out_dir: Path, window: int, spec: RunFigure) -> Pl
         legend(ax, loc="best")
     for ax in axes[-1]:
         ax.set_xlabel(STEP_LABEL)
-    return Plot(save(fig, out_dir / f"{spec.stem}.png"), spec.title, spec.caption)
+    return save(fig, out_dir / f"{spec.stem}.png", spec.title, spec.caption)
 
 
 def reward_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
@@ -310,16 +285,17 @@ def reward_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
         if not run.evals:
             ax.set_ylabel("reward")
     ax.set_title("Training reward and held-out pass@1")
-    return Plot(
-        save(fig, out_dir / "reward.png"),
+    return save(
+        fig,
+        out_dir / "reward.png",
         "Reward",
-        f"Batch-mean training reward (band: ± the within-batch reward std, within [0, 1] for rewards in [0, 1]) and held-out pass@1 at each "
-        f"evaluation. {smoothing_words(window)}",
+        "Batch-mean training reward (band: ± the within-batch reward std, within [0, 1] for rewards in "
+        f"[0, 1]) and held-out pass@1 at each evaluation. {smoothing_words(window)}",
     )
 
 
 def staleness_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
-    hist, has_series = run.staleness_hist, any(run.has(k) for k in STALENESS_KEYS)
+    hist, has_series = run.staleness_hist, run.has("staleness/mean") or run.has("staleness/max")
     if hist is None and not has_series:
         return None
     fig, axes = new_figure(1, int(hist is not None) + int(has_series), panel=(5.4, 3.6))
@@ -346,8 +322,9 @@ def staleness_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
             line(ax, run.steps, run.series(key), label=key, color=color, window=w)
         ax.set(xlabel=STEP_LABEL, ylabel="staleness (versions)", title="Staleness per step")
         legend(ax)
-    return Plot(
-        save(fig, out_dir / "staleness.png"),
+    return save(
+        fig,
+        out_dir / "staleness.png",
         "Staleness",
         "Staleness = learner version at the optimiser step − the policy version that generated the sample. "
         "Histogram: the per-step staleness/hist counts summed over all steps.",
@@ -356,7 +333,8 @@ def staleness_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
 
 def other_metrics_plots(run: RunData, out_dir: Path, window: int) -> list[Plot]:
     """Every other logged scalar (entropy, KL, user-objective metrics, ...) in a grid of small panels."""
-    claimed = claimed_keys(run)
+    claimed = {"reward/mean", "reward/std", "staleness/mean", "staleness/max"}
+    claimed |= {run.key(k) for spec in run_figures(run, 1) for panel in spec.panels for k in panel.keys}
     keys = [k for k in run.scalars if k not in claimed and run.has(k)]
     plots = []
     for page, start in enumerate(range(0, len(keys), OTHERS_PER_FIGURE)):
@@ -368,13 +346,11 @@ def other_metrics_plots(run: RunData, out_dir: Path, window: int) -> list[Plot]:
             ax.set_title(key, fontsize="medium")
             ax.set_xlabel(STEP_LABEL, fontsize="small")
         hide_unused(axes, len(chunk))
-        name, title = (
-            ("other_metrics", "Other metrics")
-            if page == 0
-            else (f"other_metrics_{page + 1}", f"Other metrics ({page + 1})")
-        )
+        suffix = ("", "") if page == 0 else (f"_{page + 1}", f" ({page + 1})")
         caption = "Every other scalar the run logged: " + ", ".join(chunk) + "."
-        plots.append(Plot(save(fig, out_dir / f"{name}.png"), title, caption))
+        plots.append(
+            save(fig, out_dir / f"other_metrics{suffix[0]}.png", f"Other metrics{suffix[1]}", caption)
+        )
     return plots
 
 
@@ -386,7 +362,10 @@ EVAL_KEY = "pass@1 (held-out)"
 
 @dataclass(frozen=True)
 class Curve:
-    """A per-objective curve figure: which metric, which file, and the words around it."""
+    """A per-objective curve figure: which metric, which file, and the words around it: `note` says what
+    the first study (docs/results.md) found about it; `hline` is a dotted reference line (1 for a ratio
+    of equals, 0 for a correlation); `log_if_wide` asks for a log y axis when all values are positive and
+    span more than 30x."""
 
     key: str
     stem: str
@@ -394,11 +373,8 @@ class Curve:
     ylabel: str
     caption: str
     note: str = ""
-    """What the first study (docs/results.md) found about this curve, after the caption."""
     hline: float | None = None
-    """A dotted reference line (1 for a ratio of equals, 0 for a correlation)."""
     log_if_wide: bool = False
-    """A log y axis when all values are positive and span more than 30x."""
 
 
 # Drawn in this order; a curve whose key no cell logged is skipped.
@@ -445,15 +421,20 @@ def plot_study(study: StudyData, out_dir: Path, window: int | None = None) -> li
         plots.append(final_vs_staleness_plot(study, out_dir, colors, styles))
         if len(study.result_lrs) > 1:
             plots.append(final_vs_lr_plot(study, out_dir, colors))
-    for curve in CURVES:
-        if any(_curve_of(cell.run, curve.key) is not None for cell in study.cells):
-            plots.append(curves_plot(study, out_dir, colors, styles, curve, window))
-    return plots
+    curves = (curves_plot(study, out_dir, colors, styles, curve, window) for curve in CURVES)
+    return plots + [p for p in curves if p is not None]
+
+
+def errorbar(ax: Axes, xs: list, summaries: list, **kw) -> None:
+    """Mean ± one sample std of each summary (no bar for a single seed)."""
+    ax.errorbar(xs, [s.mean for s in summaries], yerr=[s.std if s.n > 1 else 0.0 for s in summaries],
+                marker="o", capsize=3, **kw)  # fmt: skip
 
 
 def final_vs_staleness_plot(study: StudyData, out_dir: Path, colors: dict, styles: dict) -> Plot:
     # The final plots split by the results' learning rates, the curves by the cells'.
     with_lr = len(study.result_lrs) > 1
+    # Series in the order of results.csv (not `StudyData.groups`' order): the legend follows the file.
     groups: dict[Series, dict[int, list]] = defaultdict(lambda: defaultdict(list))
     for row in study.rows:
         groups[Series(row.objective, row.lr if with_lr else None)][row.staleness].append(row)
@@ -471,27 +452,26 @@ def final_vs_staleness_plot(study: StudyData, out_dir: Path, colors: dict, style
             # Spread the objectives a little along x so that their error bars do not overlap.
             offset = (i - (len(groups) - 1) / 2) * 0.015 * span
             color = colors[series.objective]
-            xs, means, stds = [], [], []
+            xs, summaries = [], []
             for level in sorted(by_level):
                 values = [getattr(r, field) for r in by_level[level]]
-                s = summarize(values)
-                if s.n == 0:
+                if (s := summarize(values)).n == 0:
                     continue
                 xs.append(level + offset)
-                means.append(s.mean)
-                stds.append(s.std if s.n > 1 else 0.0)
+                summaries.append(s)
                 for r, v in zip(by_level[level], values):
                     marker, size = ("x", 6) if r.collapsed else (".", 5)
                     ax.plot(level + offset, v, marker, color=color, alpha=0.45, markersize=size)
-            ax.errorbar(xs, means, yerr=stds, color=color, marker="o", capsize=3, linewidth=1.6,
-                        linestyle=styles.get(series.lr, "-"), label=series.label())  # fmt: skip
+            errorbar(ax, xs, summaries, color=color, linewidth=1.6, linestyle=styles.get(series.lr, "-"),
+                     label=series.label())  # fmt: skip
         if field == "final_pass1" and starts:
             ax.axhline(np.mean(starts), color="gray", linestyle="--", linewidth=1, label="start (mean)")
         ax.set_xticks(levels)
         ax.set(xlabel="staleness (versions)", ylabel=ylabel, title=f"{ylabel.capitalize()} vs staleness")
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside right upper", fontsize="small")
-    return Plot(
-        save(fig, out_dir / "final_vs_staleness.png"),
+    return save(
+        fig,
+        out_dir / "final_vs_staleness.png",
         "Final pass@1 vs staleness",
         "Mean ± one sample std (ddof=1) over seeds; dots are single seeds, crosses seeds marked collapsed. "
         "Objectives are shifted slightly along x so that their bars do not overlap.",
@@ -508,9 +488,7 @@ def final_vs_lr_plot(study: StudyData, out_dir: Path, colors: dict) -> Plot:
                 by_obj[r.objective][r.lr].append(r.final_pass1)
         for objective, by_lr in by_obj.items():
             lrs = sorted(by_lr)
-            summaries = [summarize(by_lr[lr]) for lr in lrs]
-            ax.errorbar(lrs, [s.mean for s in summaries], yerr=[s.std if s.n > 1 else 0.0 for s in summaries],
-                        color=colors[objective], marker="o", capsize=3, label=objective)  # fmt: skip
+            errorbar(ax, lrs, [summarize(by_lr[lr]) for lr in lrs], color=colors[objective], label=objective)
         ax.set_xscale("log")
         tested = sorted({lr for by_lr in by_obj.values() for lr in by_lr})
         ax.set_xticks(tested, labels=[f"{lr:g}" for lr in tested])
@@ -518,8 +496,9 @@ def final_vs_lr_plot(study: StudyData, out_dir: Path, colors: dict) -> Plot:
         ax.set(xlabel="learning rate", ylabel="final held-out pass@1", title=f"staleness {level}")
         legend(ax, loc="best")
     hide_unused(axes, len(levels))
-    return Plot(
-        save(fig, out_dir / "final_vs_lr.png"),
+    return save(
+        fig,
+        out_dir / "final_vs_lr.png",
         "Final pass@1 vs learning rate",
         "Learning-rate sensitivity: mean ± one sample std over seeds of the final held-out pass@1, "
         "per objective.",
@@ -536,24 +515,25 @@ def _curve_of(run: RunData | None, key: str) -> tuple[np.ndarray, np.ndarray] | 
 
 def curves_plot(
     study: StudyData, out_dir: Path, colors: dict, styles: dict, spec: Curve, window: int | None
-) -> Plot:
-    with_lr = len(study.cell_lrs) > 1
+) -> Plot | None:
+    """`spec`'s figure, None when no cell logged its key."""
+    logged = [cell for cell in study.cells if _curve_of(cell.run, spec.key) is not None]
+    if not logged:
+        return None
     levels = study.staleness_levels
     # One staleness level (an lr sweep): one wide panel, so many legend entries still leave room for it.
-    fig, axes = new_figure(
-        *_grid(len(levels)), panel=(7.2, 4.6) if len(levels) == 1 else (4.6, 3.4), sharey=True
-    )
-    curves: dict[tuple[int, Series], list] = defaultdict(list)
-    for cell in study.cells:
-        if (curve := _curve_of(cell.run, spec.key)) is not None:
-            curves[(cell.staleness, Series(cell.objective, cell.lr if with_lr else None))].append(curve)
+    panel = (7.2, 4.6) if len(levels) == 1 else (4.6, 3.4)
+    fig, axes = new_figure(*_grid(len(levels)), panel=panel, sharey=True)
     # Legend and drawing order follow the study's objective order, not the cells' directory names.
-    curves = dict(sorted(curves.items(), key=lambda kv: study.rank(kv[0][1])))
+    groups = {
+        key: [_curve_of(cell.run, spec.key) for cell in cells]
+        for key, cells in study.groups(logged, with_lr=len(study.cell_lrs) > 1).items()
+    }
     is_eval = spec.key == EVAL_KEY  # evaluations are few: markers, no smoothing
     smoothed = False
     for ax, level in zip(axes.flat, levels):
-        for series, group in ((series, group) for (lvl, series), group in curves.items() if lvl == level):
-            steps, matrix = align(group)
+        for series, curves in ((series, curves) for (series, lvl), curves in groups.items() if lvl == level):
+            steps, matrix = align(curves)
             mean, std = nan_mean_std(matrix)
             w = 1 if is_eval else (window or auto_window(len(steps)))
             smoothed |= w > 1
@@ -564,13 +544,13 @@ def curves_plot(
                 ax.plot(steps[finite], mean[finite], color=color, alpha=RAW_ALPHA * 0.8, linewidth=0.7)
             ax.plot(steps, m, color=color, linewidth=1.6, linestyle=styles.get(series.lr, "-"),
                     label=series.label(), marker="o" if is_eval else None, markersize=3)  # fmt: skip
-            if len(group) > 1:
+            if len(curves) > 1:
                 ax.fill_between(steps, m - s, m + s, color=color, alpha=0.12, linewidth=0)
         if not ax.lines:
             empty_note(ax, "no data")
         ax.set(title=f"staleness {level}", xlabel="optimiser step", ylabel=spec.ylabel)
     hide_unused(axes, len(levels))
-    values = [np.concatenate([v for _, v in group]) for group in curves.values()]
+    values = [np.concatenate([v for _, v in curves]) for curves in groups.values()]
     for ax in axes.flat:
         if spec.log_if_wide and wants_log(*values):
             ax.set_yscale("log")
@@ -589,7 +569,7 @@ def curves_plot(
         f"{spec.caption}, one panel per staleness: the mean over seeds at each step (band: ± one std across "
         f"seeds).{smoothing}" + (f" {spec.note}" if spec.note else "")
     )
-    return Plot(save(fig, out_dir / f"{spec.stem}.png"), spec.title, caption)
+    return save(fig, out_dir / f"{spec.stem}.png", spec.title, caption)
 
 
 def _grid(panels: int) -> tuple[int, int]:

@@ -5,40 +5,33 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from html import escape
 from typing import Any
 
 import numpy as np
 
-from asympo.report.data import RunData, Series, StudyData, Summary, summarize
+from asympo.report.data import ResultRow, RunData, Series, StudyData, Summary, summarize
 from asympo.study import FINAL_FRACTION, final_tail
 
-DIAGNOSTICS = {
-    "nll/pos": "",
-    "nll/neg": "",
-    "grad/norm_pos": "",
-    "grad/norm_neg": "",
-    "policy/entropy": "",
-    "len/pos": "",
-    "len/neg": "",
-    "nll/len_corr": "",
-    "*/neg_weight": "Effective negative weight",
-    "*/weight_cv": "Spread of the per-response weights",
-}
+DIAGNOSTICS = ("nll/pos", "nll/neg", "grad/norm_pos", "grad/norm_neg", "policy/entropy", "len/pos", "len/neg",
+               "nll/len_corr", "*/neg_weight", "*/weight_cv")  # fmt: skip
 """Per-step metrics whose end-of-training values (mean of the last 10% of steps) the study summaries
-tabulate, with a description for the `*/name` pseudo-keys (an objective's namespaced metrics)."""
+tabulate; the `*/name` pseudo-keys (an objective's namespaced metrics) are described in `DESCRIBED`."""
+DESCRIBED = {"*/neg_weight": "Effective negative weight", "*/weight_cv": "Spread of the per-response weights"}
+END = f"(mean of the last {int(FINAL_FRACTION * 100)}% of steps)"
 
 
 @dataclass(frozen=True)
 class Table:
-    """Headers and rows of values; the first `key_columns` columns are left-aligned labels."""
+    """Headers and rows of values; the first `key_columns` columns are left-aligned labels. The HTML
+    element id is `table-<id>` (tests and links find a table by it)."""
 
     headers: list[str]
     rows: list[list[Any]]
     key_columns: int = 1
     id: str = ""
-    """The HTML element id is `table-<id>` (tests and links find a table by it)."""
 
     def html(self) -> str:
         def cells(values: list, tag: str) -> str:
@@ -101,21 +94,13 @@ def run_overview(run: RunData) -> Table:
             mean = float((np.arange(len(counts)) * counts).sum() / counts.sum())
             facts.append(["staleness mean / max", f"{mean:.2f} / {int(np.nonzero(counts)[0].max())}"])
     elif run.has("staleness/mean"):
-        top = (
-            np.nanmax(run.series("staleness/max")) if run.has("staleness/max") else run.last("staleness/max")
-        )
-        facts.append(
-            ["staleness mean / max", f"{fmt(np.nanmean(run.series('staleness/mean')))} / {fmt(top)}"]
-        )
+        top = np.nanmax(run.series("staleness/max")) if run.has("staleness/max") else math.nan
+        mean = np.nanmean(run.series("staleness/mean"))
+        facts.append(["staleness mean / max", f"{fmt(mean)} / {fmt(top)}"])
     if run.has("grad/clipped"):
         clipped = run.series("grad/clipped")
-        n = int(np.isfinite(clipped).sum())
-        facts.append(
-            [
-                "steps with gradient clipping active",
-                f"{np.nanmean(clipped):.0%} ({int(np.nansum(clipped))} of {n})",
-            ]
-        )
+        share = f"{np.nanmean(clipped):.0%} ({int(np.nansum(clipped))} of {int(np.isfinite(clipped).sum())})"
+        facts.append(["steps with gradient clipping active", share])
     facts += [[f"summary: {key}", fmt(value)] for key, value in run.summary.items()]
     return Table(["", "value"], facts)
 
@@ -127,10 +112,8 @@ def metrics_table(run: RunData) -> Table:
         finite = values[np.isfinite(values)]
         stats = [finite[-1], run.final(key), finite.min(), finite.max()] if len(finite) else ["—"] * 4
         rows.append([key, *(fmt(v) for v in stats), f"{len(finite)}/{len(values)}"])
-    pct = int(FINAL_FRACTION * 100)
-    return Table(
-        ["metric", "last", f"mean of last {pct}% of steps", "min", "max", "finite steps"], rows, id="metrics"
-    )
+    headers = ["metric", "last", f"mean of last {int(FINAL_FRACTION * 100)}% of steps", "min", "max"]
+    return Table([*headers, "finite steps"], rows, id="metrics")
 
 
 def evals_table(run: RunData) -> Table:
@@ -176,109 +159,86 @@ def config_split(configs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[st
 
 # --------------------------------------------------------------------------------------------- studies
 
-
-@dataclass(frozen=True)
-class GroupResult:
-    """Results of one (objective, staleness[, lr]) group of seeds."""
-
-    objective: str
-    staleness: int
-    lr: float | None
-    seeds: list[int]
-    pass1: Summary
-    reward: Summary
-    collapsed: int
-    """Seeds whose row says collapsed=True."""
-    collapse_known: int
-    """Seeds whose collapse is known (rows rebuilt from cells leave it unknown)."""
-    extra: dict[str, Summary] = field(default_factory=dict)
-    """Mean ± std of every numeric extra column of results.csv (e.g. start_pass1)."""
-
-    def collapse_text(self) -> str:
-        return f"{self.collapsed}/{self.collapse_known}" if self.collapse_known else "?"
-
-    @property
-    def series(self) -> Series:
-        return Series(self.objective, self.lr)
+Groups = dict[tuple[Series, int], list]
+"""(objective[, lr] series, staleness) → the result rows or cells of its seeds, in the study's order."""
 
 
-def group_results(study: StudyData) -> list[GroupResult]:
-    """Group results.csv rows over seeds, in the study's objective order, then lr, then staleness."""
-    with_lr = len(study.result_lrs) > 1
-    groups: dict[tuple, list] = {}
-    for row in study.rows:
-        groups.setdefault((row.objective, row.staleness, row.lr if with_lr else None), []).append(row)
-    extra_keys = [k for k in study.columns if any(isinstance(r.extra.get(k), float) for r in study.rows)]
-    out = []
-    for (objective, staleness, lr), rows in groups.items():
-        known = [r.collapsed for r in rows if r.collapsed is not None]
-        extra = {
-            k: summarize([v if isinstance(v := r.extra.get(k), float) else math.nan for r in rows])
-            for k in extra_keys
-        }
-        out.append(
-            GroupResult(
-                objective, staleness, lr, sorted(r.seed for r in rows),
-                summarize([r.final_pass1 for r in rows]), summarize([r.final_reward for r in rows]),
-                sum(known), len(known), extra,
-            )
-        )  # fmt: skip
-    return sorted(out, key=lambda g: (study.rank(g.series), g.staleness))
+def result_groups(study: StudyData) -> Groups:
+    return study.groups(study.rows, with_lr=len(study.result_lrs) > 1)
 
 
-def _pivot(entries: list[tuple[tuple, str, int, str]], id: str = "") -> Table:
-    """Objective rows × staleness columns from (sort key, row label, staleness, text) entries."""
-    levels = sorted({e[2] for e in entries})
-    cells: dict[str, dict[int, str]] = {}
-    for _, label, level, text in sorted(entries, key=lambda e: e[0]):
-        cells.setdefault(label, {})[level] = text
-    rows = [[label, *(by.get(level, "") for level in levels)] for label, by in cells.items()]
+def extra_columns(study: StudyData) -> list[str]:
+    """The numeric extra columns of results.csv (e.g. start_pass1, wall_s)."""
+    return [k for k in study.columns if any(isinstance(r.extra.get(k), float) for r in study.rows)]
+
+
+def column(rows: list[ResultRow], name: str) -> Summary:
+    """Mean ± std over seeds of a results.csv column (NaN for values that are not numbers)."""
+    return summarize([v if isinstance(v := r.value(name), float) else math.nan for r in rows])
+
+
+def collapse_text(rows: list[ResultRow]) -> str:
+    """Seeds marked collapsed / seeds whose collapse is known ("?" for rows rebuilt from cells)."""
+    known = [r.collapsed for r in rows if r.collapsed is not None]
+    return f"{sum(known)}/{len(known)}" if known else "?"
+
+
+def pivot(groups: Groups, text: Callable[[list], str], id: str = "") -> Table:
+    """Objective rows × staleness columns, each entry `text(the group's rows or cells)`."""
+    levels = sorted({level for _, level in groups})
+    entries: dict[str, dict[int, str]] = {}
+    for (series, level), items in groups.items():
+        entries.setdefault(series.label(), {})[level] = text(items)
+    rows = [[label, *(by.get(level, "") for level in levels)] for label, by in entries.items()]
     return Table(["objective", *(f"staleness {lv}" for lv in levels)], rows, id=id)
 
 
-def pivot(groups: list[GroupResult], value: str = "pass1", collapsed: str = "") -> Table:
-    """Objective rows × staleness columns: mean ± std over seeds of `value` (pass1, reward or an extra
-    column); for pass1 the collapsed seeds follow in brackets, as "(k/n{collapsed})"."""
-    entries = []
-    for i, g in enumerate(groups):  # groups come sorted: keep their row order
-        s = getattr(g, value) if value in ("pass1", "reward") else g.extra.get(value, Summary(0, 0, 0))
-        text = s.format() + (f" ({g.collapse_text()}{collapsed})" if value == "pass1" else "")
-        entries.append(((i,), g.series.label(), g.staleness, text))
-    return _pivot(entries, id="pivot")
+def column_pivot(groups: Groups, name: str, collapsed: str | None = None) -> Table:
+    """`pivot` of a results.csv column; with `collapsed`, the collapsed seeds follow in brackets, as
+    "(k/n{collapsed})"."""
+
+    def text(rows: list[ResultRow]) -> str:
+        value = column(rows, name).format()
+        return value if collapsed is None else f"{value} ({collapse_text(rows)}{collapsed})"
+
+    return pivot(groups, text, "pivot")
 
 
-def groups_table(groups: list[GroupResult], with_lr: bool) -> Table:
-    extra_keys = list(groups[0].extra)
+def groups_table(study: StudyData) -> Table:
+    with_lr, extras = len(study.result_lrs) > 1, extra_columns(study)
     lr = ["lr"] if with_lr else []
-    headers = [
-        "objective",
-        *lr,
-        "staleness",
-        "seeds",
-        "final pass@1",
-        "final reward",
-        "collapsed",
-        *extra_keys,
-    ]
-    rows = [
-        [g.objective, *([g.lr] if with_lr else []), g.staleness, len(g.seeds), g.pass1.format(),
-         g.reward.format(), g.collapse_text(), *(g.extra[k].format() for k in extra_keys)]
-        for g in groups
-    ]  # fmt: skip
+    headers = ["objective", *lr, "staleness", "seeds", "final pass@1", "final reward", "collapsed", *extras]
+    rows = []
+    for (series, level), group in result_groups(study).items():
+        pass1, reward, *more = (column(group, k).format() for k in ("final_pass1", "final_reward", *extras))
+        lr = [series.lr] if with_lr else []
+        rows.append([series.objective, *lr, level, len(group), pass1, reward, collapse_text(group), *more])
     return Table(headers, rows, id="groups")
 
 
-def cell_pivot(study: StudyData, with_lr: bool, value) -> Table | None:
-    """Objective rows × staleness columns of `value(run) -> float` over each group's cells (mean ± std
-    over seeds); None when no cell has logs."""
-    groups: dict[tuple, list[float]] = {}
-    for cell in study.cells:
-        if cell.run is not None:
-            series = Series(cell.objective, cell.lr if with_lr else None)
-            key = (study.rank(series), series.label(), cell.staleness)
-            groups.setdefault(key, []).append(value(cell.run))
-    entries = [(rank, label, level, summarize(vs).format()) for (rank, label, level), vs in groups.items()]
-    return _pivot(entries) if entries else None
+def diagnostic_tables(study: StudyData) -> list[tuple[str, Table]]:
+    """(heading, table) per diagnostic some cell logged: the best evaluation, the share of steps with
+    gradient clipping active, and the end-of-training value of each of `DIAGNOSTICS`, as mean ± std over
+    each group's seeds. Keys a cell never logged (an older run, another objective) show as "—"."""
+    logged = [c for c in study.cells if c.run is not None]
+    runs = [c.run for c in logged]
+    specs = [
+        ("Best held-out pass@1 at any evaluation (start included)", _best_eval, bool(runs)),
+        ("Share of steps with gradient clipping active (mean of grad/clipped over the run)", _clipped_share,
+         any(run.has("grad/clipped") for run in runs)),
+    ]  # fmt: skip
+    for key in DIAGNOSTICS:
+        names = sorted({run.key(key) for run in runs if run.has(key)})
+        what = f"{DESCRIBED[key]} ({', '.join(names)})" if key in DESCRIBED else key
+        specs.append(
+            (f"{what} at the end of training {END}", lambda run, key=key: run.final(key), bool(names))
+        )
+    groups = study.groups(logged, with_lr=len(study.result_lrs) > 1)
+    return [
+        (heading, pivot(groups, lambda cells, value=value: summarize([value(c.run) for c in cells]).format()))
+        for heading, value, present in specs
+        if present
+    ]
 
 
 def _best_eval(run: RunData) -> float:
@@ -291,46 +251,26 @@ def _clipped_share(run: RunData) -> float:
     return float(np.nanmean(clipped)) if np.isfinite(clipped).any() else math.nan
 
 
-def diagnostic_tables(study: StudyData) -> list[tuple[str, Table]]:
-    """(heading, table) per diagnostic some cell logged: the best evaluation, the share of steps with
-    gradient clipping active, and the end-of-training value of each of `DIAGNOSTICS`. Keys a cell never
-    logged (an older run, another objective) show as "—"."""
-    with_lr = len(study.result_lrs) > 1
-    logged = [c.run for c in study.cells if c.run is not None]
-    specs = [("Best held-out pass@1 at any evaluation (start included)", _best_eval, bool(logged))]
-    specs.append(
-        ("Share of steps with gradient clipping active (mean of grad/clipped over the run)", _clipped_share,
-         any(run.has("grad/clipped") for run in logged))
-    )  # fmt: skip
-    for key, what in DIAGNOSTICS.items():
-        names = sorted({run.key(key) for run in logged if run.has(key)})
-        heading = f"{what + ' (' + ', '.join(names) + ')' if what else key} at the end of training"
-        specs.append((heading + f" (mean of the last {int(FINAL_FRACTION * 100)}% of steps)",
-                      lambda run, key=key: run.final(key), bool(names)))  # fmt: skip
-    return [(heading, cell_pivot(study, with_lr, value)) for heading, value, present in specs if present]
-
-
 def study_markdown(study: StudyData) -> str:
     """`summary.md` of a study: final held-out pass@1, final reward and the extra columns, per group."""
-    groups = group_results(study)
-    if not groups:
+    if not study.rows:
         return f"# Study {study.path.name}\n\nNo results yet.\n"
-    seeds = sorted({s for g in groups for s in g.seeds})
+    groups, extras = result_groups(study), extra_columns(study)
     parts = [
         f"# Study {study.path.name}",
-        f"{len(study.rows)} cells; seeds {', '.join(map(str, seeds))}. Every entry is the mean ± sample "
-        "standard deviation (ddof=1) over seeds.",
+        f"{len(study.rows)} cells; seeds {', '.join(map(str, sorted({r.seed for r in study.rows})))}. Every entry "
+        "is the mean ± sample standard deviation (ddof=1) over seeds.",
         "## Final held-out pass@1 (collapsed seeds / seeds)",
-        pivot(groups, "pass1").markdown(),
-        "## Final training reward (mean of the last 10% of steps)",
-        pivot(groups, "reward").markdown(),
+        column_pivot(groups, "final_pass1", collapsed="").markdown(),
+        f"## Final training reward {END}",
+        column_pivot(groups, "final_reward").markdown(),
     ]
-    for key in groups[0].extra:
+    for key in extras:
         if key != "wall_s":
-            parts += [f"## {key}", pivot(groups, key).markdown()]
+            parts += [f"## {key}", column_pivot(groups, key).markdown()]
     for heading, table in diagnostic_tables(study):
         parts += [f"## {heading}", table.markdown()]
-    walls = [g.extra["wall_s"] for g in groups if "wall_s" in g.extra and g.extra["wall_s"].n]
+    walls = [w for rows in groups.values() if (w := column(rows, "wall_s")).n] if "wall_s" in extras else []
     if walls:
         total = sum(w.mean * w.n for w in walls)
         parts.append(
