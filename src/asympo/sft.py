@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -74,7 +75,10 @@ class SFTConfig:
     batch_size: int = 64
     """Sequences per step."""
     lr: float = 2e-3
-    """Learning rate of AdamW after the linear warm-up (constant: the stopping step is not known ahead)."""
+    """Learning rate of AdamW after the linear warm-up."""
+    lr_schedule: str = "constant"
+    """After the warm-up: `constant`, or `cosine` (decays to 0 at `steps`; for a fixed budget: with
+    `target_pass1` the stopping step is not known ahead)."""
     warmup_steps: int = 50
     """Steps of linear learning-rate warm-up."""
     weight_decay: float = 0.0
@@ -112,6 +116,8 @@ class SFTConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"SFTConfig.{name} must be an int >= 1, got {value!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"SFTConfig.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if not self.lr > 0:
             raise ValueError(f"SFTConfig.lr must be > 0, got {self.lr}")
         if self.warmup_steps < 0:
@@ -136,6 +142,8 @@ class SFTConfig:
         config = asdict(self)
         if self.task_name == "arithmetic":
             del config["task_name"]  # keeps the keys of caches made before the field existed
+        if self.lr_schedule == "constant":
+            del config["lr_schedule"]  # likewise
         blob = json.dumps({"format": SFT_FORMAT_VERSION, "config": config}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -202,7 +210,12 @@ def _answer_loss(model: torch.nn.Module, ids, mask, labels) -> torch.Tensor:
 
 
 def _lr_factor(step: int, cfg: SFTConfig) -> float:
-    return min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "cosine":
+        done = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+    return 1.0
 
 
 def _val_pass1(model: torch.nn.Module, tokenizer: Any, problems: list[Problem], cfg: SFTConfig) -> float:
