@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 
@@ -14,7 +15,7 @@ from asympo.engines.torch import TorchEngine
 from asympo.evaluate import evaluate
 from asympo.models.tiny import TinyModelConfig
 from asympo.rewards.arithmetic import arithmetic_reward
-from asympo.sft import SFTConfig, cache_root, sft_cache_path, train_sft, warmup
+from asympo.sft import SFTConfig, _lr_factor, cache_root, sft_cache_path, train_sft, warmup
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -135,6 +136,7 @@ def test_failed_warmup_leaves_no_entry(tmp_path, monkeypatch):
         ({"batch_size": 0}, "batch_size"),
         ({"lr": 0.0}, "lr"),
         ({"max_grad_norm": 0}, "max_grad_norm"),
+        ({"lr_schedule": "linear"}, "lr_schedule"),
     ],
 )
 def test_config_validation(kwargs, field):
@@ -149,6 +151,21 @@ def test_config_from_dicts_has_same_key():
     typed = SFTConfig(model=TinyModelConfig(**model), task=ArithmeticConfig(**task), n_val=10)
     assert from_dicts.key() == typed.key()
     assert SFTConfig(model=model, task=task, n_val=11).key() != typed.key()
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_step():
+    cfg = small_cfg(steps=100, warmup_steps=10, lr_schedule="cosine")
+    factors = [_lr_factor(s, cfg) for s in range(cfg.steps + 1)]
+    assert factors[9] == 1.0 and factors[0] == 0.1
+    assert all(a >= b for a, b in itertools.pairwise(factors[9:]))
+    assert factors[55] == pytest.approx(0.5) and factors[100] == pytest.approx(0.0)
+    assert all(_lr_factor(s, small_cfg(warmup_steps=10)) == 1.0 for s in range(9, 100))
+
+
+def test_constant_schedule_keeps_the_cache_keys_made_before_the_field():
+    # The demo's cached warm-ups were keyed before lr_schedule existed; only a new value may change a key.
+    assert SFTConfig().key() == "9e3c75fe5b4c7991"
+    assert SFTConfig(lr_schedule="cosine").key() != SFTConfig().key()
 
 
 @pytest.mark.slow
