@@ -322,7 +322,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
         for name, st in STUDY_PRESETS.items():
             labels = ", ".join(o.label for o in st.objectives)
             print(
-                f"{name:10s} objectives: {labels}; staleness {st.staleness}; seeds {st.seeds}; lrs {st.lrs}"
+                f"{name:16s} objectives: {labels}; staleness {st.staleness}; seeds {st.seeds}; lrs {st.lrs}"
             )
         return 0
     if args.preset not in STUDY_PRESETS:
@@ -426,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--preset",
         default="smoke",
-        help="smoke | staleness | lr | rescale | reasoning | async | aggregation (see --list-presets)",
+        help="smoke | staleness | lr | rescale | reasoning | async | async-arithmetic | aggregation "
+        "(see --list-presets)",
     )
     p.add_argument("--out", metavar="DIR", help="study directory")
     p.add_argument("--parallel", type=int, default=2, help="cells run at once (processes)")

@@ -229,6 +229,15 @@ STUDY_PRESETS: dict[str, StudyConfig] = {
         overrides=REASONING_CELL,
         mode="async",
     ),
+    # Real asynchrony at the first scale (the arithmetic task and 0.6M model of `staleness`, same steps and
+    # evaluation), to set beside that preset's fixed delays. --parallel 1: each cell uses both cores.
+    "async-arithmetic": StudyConfig(
+        objectives=_objectives(("naive", {}), ("spo", {"neg_scale": 0.2}), ("asympo", {}), ("grpo", {})),
+        staleness=[4, 16],
+        seeds=[0, 1, 2, 3, 4],
+        overrides=["steps=150", "eval.every=50", "eval.limit=200", "eval.n=4"],
+        mode="async",
+    ),
     # Does ASymPO's balance survive length-weighted aggregation? token-mean weights a response by its
     # length, which per-response normalisation assumes it does not (docs/design.md).
     "aggregation": StudyConfig(
