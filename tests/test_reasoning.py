@@ -212,6 +212,12 @@ def test_cell_configs_of_each_mode(tmp_path):
     cfg = cell_config(study, cells_of(study)[-1], tmp_path)
     assert cfg.mode == "async" and cfg.task.name == "reasoning"
     assert (cfg.buffer.fixed_delay, cfg.buffer.max_staleness, cfg.buffer.policy) == (None, 16, "wait")
+    # The first scale's async preset: the staleness preset's task and steps, in real async mode.
+    study, fixed = STUDY_PRESETS["async-arithmetic"], STUDY_PRESETS["staleness"]
+    cfg = cell_config(study, cells_of(study)[0], tmp_path)
+    assert cfg.mode == "async" and cfg.task.name == "arithmetic" and cfg.buffer.max_staleness == 4
+    twin = cell_config(fixed, next(c for c in cells_of(fixed) if c.staleness == 4), tmp_path)
+    assert (cfg.steps, cfg.eval.limit, cfg.model.path) == (twin.steps, twin.eval.limit, twin.model.path)
     study = STUDY_PRESETS["aggregation"]
     cells = cells_of(study)
     aggs = {cell_config(study, c, tmp_path).learner.agg for c in cells}
