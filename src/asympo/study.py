@@ -150,7 +150,7 @@ def _objectives(*specs: tuple) -> list[ObjectiveSpec]:
 
 
 # What every cell of the reasoning-task studies shares (on top of the `reasoning` train preset): sized so
-# one cell takes about two minutes on 2 CPU cores (measured in docs/results.md "Second scale").
+# one cell takes about 2.6 CPU-minutes (measured in docs/results.md "Second scale").
 REASONING_CELL = ["steps=30", "eval.every=0", "eval.limit=64", "eval.n=2"]
 
 STUDY_PRESETS: dict[str, StudyConfig] = {
