@@ -42,7 +42,9 @@ PRESETS: dict[str, dict] = {
         },
         "rollout": {"prompts_per_step": 8, "group_size": 4, "max_new_tokens": 140, "num_workers": 1},
         "buffer": {"max_staleness": 4, "policy": "wait"},
-        "learner": {"objective": "asympo", "lr": 5e-4, "grad_split_every": 5},
+        # 5e-4 collapsed on-policy from this warm-up; 1e-4 is the highest tried that did not (it learnt
+        # nothing in 30 steps either: docs/results.md "First RL cells").
+        "learner": {"objective": "asympo", "lr": 1e-4, "grad_split_every": 5},
         "eval": {"every": 0, "limit": 64, "n": 2},
     },
     # A real model on GSM8K (GPU machine; the weights must be available locally or in the HF cache).
