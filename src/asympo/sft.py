@@ -117,7 +117,9 @@ class SFTConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"SFTConfig.{name} must be an int >= 1, got {value!r}")
         if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"SFTConfig.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+            raise ValueError(
+                f"SFTConfig.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"
+            )
         if not self.lr > 0:
             raise ValueError(f"SFTConfig.lr must be > 0, got {self.lr}")
         if self.warmup_steps < 0:
