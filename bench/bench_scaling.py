@@ -28,9 +28,7 @@ from asympo.config import TrainConfig, apply_overrides
 from asympo.engines.base import SamplingParams
 from asympo.presets import preset_dict
 from asympo.runtime.backend import WorkerSpec
-from asympo.runtime.scheduler import PromptScheduler
-from asympo.runtime.staleness import make_policy
-from asympo.train import load_task, make_backend
+from asympo.train import load_task, make_backend, make_scheduler
 
 
 def throughput(backend_name: str, workers: int, model_dir: str, args) -> dict:
@@ -48,13 +46,7 @@ def throughput(backend_name: str, workers: int, model_dir: str, args) -> dict:
     ]
     cfg = TrainConfig.from_dict(apply_overrides(preset_dict("demo"), sets))
     problems = load_task(cfg.task, cfg.task.train_split)
-    scheduler = PromptScheduler(
-        problems,
-        prompts_per_step=cfg.rollout.prompts_per_step,
-        group_size=cfg.rollout.group_size,
-        policy=make_policy(cfg.buffer, cfg.mode),
-        seed=cfg.seed,
-    )
+    scheduler = make_scheduler(cfg, problems)
     spec = WorkerSpec(
         engine="torch",
         model_path=model_dir,

@@ -367,29 +367,34 @@ def write_results(out: Path, rows: list[dict]) -> Path:
     return out / "results.csv"
 
 
-def _comparable(config: dict) -> dict:
+def _comparable(config: dict) -> str:
     """A cell's config without where it was written, normalised through TrainConfig (so a field set to its
-    default equals a field left out)."""
+    default equals a field left out), as canonical JSON."""
     from asympo.config import TrainConfig
 
     normal = TrainConfig.from_dict(config).to_dict()
     normal.pop("out")
-    return normal
+    return json.dumps(normal, sort_keys=True)
 
 
-def find_reusable(cfg: TrainConfig, sources: list[Path]) -> Path | None:
-    """A finished cell of another study directory in `sources` whose config equals `cfg` but for its
-    output path, or None. Only fixed-delay and sync cells: they are deterministic, so the copy is the
-    result running the cell again would give. Real async cells are never reused."""
-    if cfg.mode == "async":
-        return None
-    want = _comparable(cfg.to_dict())
+def finished_cells(sources: list[Path]) -> dict[str, Path]:
+    """The finished cells of other study directories, by their comparable config (first one wins)."""
+    index: dict[str, Path] = {}
     for source in sources:
         for d in sorted((Path(source) / "cells").glob("*")):
             if all((d / f).is_file() for f in ("summary.json", "cell.json", "config.json")):
-                if _comparable(json.loads((d / "config.json").read_text())) == want:
-                    return d
-    return None
+                index.setdefault(_comparable(json.loads((d / "config.json").read_text())), d)
+    return index
+
+
+def find_reusable(cfg: TrainConfig, sources: list[Path] | dict[str, Path]) -> Path | None:
+    """A finished cell of another study directory (`sources`, or their `finished_cells` index) whose config
+    equals `cfg` but for its output path, or None. Only fixed-delay and sync cells: they are deterministic,
+    so the copy is the result running the cell again would give. Real async cells are never reused."""
+    if cfg.mode == "async":
+        return None
+    index = sources if isinstance(sources, dict) else finished_cells(sources)
+    return index.get(_comparable(cfg.to_dict()))
 
 
 def _reuse_cell(source: Path, dest: Path, info: dict) -> None:
@@ -424,6 +429,7 @@ def run_study(
 
     resolve_model_path(next(iter(configs.values())), progress=progress)
 
+    reusable = finished_cells([Path(r) for r in reuse]) if reuse else {}
     rows: dict[str, dict] = {}
     todo = []
     for c in cells:
@@ -436,7 +442,7 @@ def run_study(
         }
         d = out / "cells" / c.name
         finished = (d / "summary.json").exists() and (d / "cell.json").exists()
-        source = None if finished or not reuse else find_reusable(configs[c.name], [Path(r) for r in reuse])
+        source = None if finished or not reusable else find_reusable(configs[c.name], reusable)
         if source is not None:
             _reuse_cell(source, d, info)
             finished = True

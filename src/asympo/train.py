@@ -215,6 +215,17 @@ def check_parallel(cfg: TrainConfig, ckpt: Path | None) -> None:
         )
 
 
+def make_scheduler(cfg: TrainConfig, problems: list[Problem]) -> PromptScheduler:
+    """The prompt scheduler of a run: its prompts, group shape, staleness policy and seed."""
+    return PromptScheduler(
+        problems,
+        prompts_per_step=cfg.rollout.prompts_per_step,
+        group_size=cfg.rollout.group_size,
+        policy=make_policy(cfg.buffer, cfg.mode),
+        seed=cfg.seed,
+    )
+
+
 def make_backend(cfg: TrainConfig, spec: WorkerSpec, scheduler: PromptScheduler) -> Backend:
     """The rollout side of the run; the scheduler carries the staleness policy every part asks."""
     if cfg.backend == "ray":
@@ -491,13 +502,7 @@ def train(
         reference=reference,
         dist=dist,
     )
-    scheduler = PromptScheduler(
-        train_problems,
-        prompts_per_step=cfg.rollout.prompts_per_step,
-        group_size=cfg.rollout.group_size,
-        policy=make_policy(cfg.buffer, cfg.mode),
-        seed=cfg.seed,
-    )
+    scheduler = make_scheduler(cfg, train_problems)
     sampling = SamplingParams(
         temperature=cfg.rollout.temperature,
         top_p=cfg.rollout.top_p,
