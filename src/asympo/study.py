@@ -382,7 +382,9 @@ def finished_cells(sources: list[Path]) -> dict[str, Path]:
     index: dict[str, Path] = {}
     for source in sources:
         for d in sorted((Path(source) / "cells").glob("*")):
-            if all((d / f).is_file() for f in ("summary.json", "cell.json", "config.json")):
+            if not d.name.startswith(".") and all(
+                (d / f).is_file() for f in ("summary.json", "cell.json", "config.json")
+            ):
                 index.setdefault(_comparable(json.loads((d / "config.json").read_text())), d)
     return index
 
@@ -398,11 +400,16 @@ def find_reusable(cfg: TrainConfig, sources: list[Path] | dict[str, Path]) -> Pa
 
 
 def _reuse_cell(source: Path, dest: Path, info: dict) -> None:
-    """Copy a finished cell (its logs, not its checkpoints) and label it with this study's cell info."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("checkpoints"))
-    atomic_write_text(dest / "cell.json", json.dumps({**info, "reused_from": str(source)}))
+    """Copy a finished cell (its logs, not its checkpoints) and label it with this study's cell info.
+    The copy is made beside `dest` and renamed into place, so a kill mid-copy never leaves a cell that
+    looks finished."""
+    tmp = dest.with_name(f".tmp-{dest.name}")
+    for stale in (tmp, dest):
+        if stale.exists():
+            shutil.rmtree(stale)
+    shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("checkpoints"))
+    atomic_write_text(tmp / "cell.json", json.dumps({**info, "reused_from": str(source)}))
+    tmp.rename(dest)
 
 
 def run_study(
