@@ -68,6 +68,51 @@ def test_solutions_are_correct_worked_calculations_of_40_to_200_characters():
         assert p.prompt.endswith("?\n") and str(p.meta["numbers"][0]) in p.prompt
 
 
+def test_max_number_bounds_every_number_of_the_solution():
+    cfg = ReasoningConfig(n_train=2000, n_test=200, max_number=20)
+    problems = reasoning_problems(cfg, "train") + reasoning_problems(cfg, "test")
+    assert max(int(n) for p in problems for n in re.findall(r"\d+", p.reference)) <= 20
+    assert {p.meta["template"] for p in problems} == set(TEMPLATES)
+    # The bound shrinks the space; a split larger than what is left is refused with the fix.
+    assert cfg.n_distinct < ReasoningConfig(n_train=0, n_test=0).n_distinct
+    with pytest.raises(ValueError, match="exceeds .* max_number 20; .* raise max_number"):
+        ReasoningConfig(n_train=cfg.n_distinct, n_test=1, max_number=20)
+    with pytest.raises(ValueError, match="max_number must be None or an int >= 1"):
+        ReasoningConfig(max_number=0)
+
+
+def test_extras_give_about_half_the_solutions_a_true_check_or_restated_answer():
+    plain = reasoning_problems(ReasoningConfig(n_train=1000, n_test=0), "train")
+    cfg = ReasoningConfig(n_train=1000, n_test=0, extras=("check", "restate"))
+    extra = reasoning_problems(cfg, "train")
+    assert [_key(p) for p in extra] == [_key(p) for p in plain]  # the same problems, other solutions
+    checks = restates = 0
+    for p, q in zip(plain, extra, strict=True):
+        *plain_steps, _ = p.reference.split("\n")
+        *steps, last = q.reference.split("\n")
+        assert steps[: len(plain_steps)] == plain_steps and last == f"#### {q.meta['answer']}"
+        added = steps[len(plain_steps) :]
+        if added and added[0].startswith("Check: "):
+            checks += 1
+            c, op, b, a = _EQUATION.search(added.pop(0)).groups()
+            # The last step backwards, and true.
+            assert _EQUATION.search(plain_steps[-1]).groups() == (
+                a,
+                {"-": "+", "+": "-", "/": "*", "*": "/"}[op],
+                b,
+                c,
+            )
+        if added:
+            restates += 1
+            assert added == [f"So the answer is {q.meta['answer']}."]
+        assert math_reward(q.reference, q.reference) == 1.0
+    assert 400 <= checks <= 600 and 400 <= restates <= 600, (checks, restates)
+    # So the lengths of one template's solutions differ by whole lines.
+    assert cfg.max_answer_chars > ReasoningConfig().max_answer_chars
+    with pytest.raises(ValueError, match="extras must be distinct names from"):
+        ReasoningConfig(extras=("check", "detour"))
+
+
 def test_math_reward_grades_the_final_answer_after_hashes():
     problem = reasoning_problems(ReasoningConfig(n_train=10, n_test=10), "test")[0]
     answer = problem.meta["answer"]

@@ -9,8 +9,20 @@ ending in `#### N`, e.g.
         In all 12+12=24 dollars.
         #### 24
 
-so responses run from about 40 to 120 characters, and a policy's samples for one prompt vary in length.
-It is graded by the math reward (`asympo.rewards.math.math_reward`, which reads the number after `####`).
+so responses run from about 40 to 130 characters. It is graded by the math reward
+(`asympo.rewards.math.math_reward`, which reads the number after `####`).
+
+Two settings shape the problems for a small model:
+
+- `max_number` keeps only the problems whose every number (operands, intermediate results, answer) is at
+  most that large, so the arithmetic is a small set of facts a few-million-parameter model can learn. Without
+  it two-digit sums dominate, and the 1.6M model of the second scale got nine additions in ten wrong after its
+  warm-up.
+- `extras` adds optional lines to some solutions: `check` recomputes the last step backwards
+  (`Check: 24-12=12.`) and `restate` repeats the answer (`So the answer is 24.`). Which problems get which
+  extra is a hash of the problem, so a model trained on them cannot predict it and learns to write either
+  form: its samples for one prompt then differ in length (and a `check` line is one more calculation that can
+  go wrong), which the objectives' per-response normalisation is meant to handle.
 
 The problem space is every (template, numbers) pair the templates allow; the train and held-out splits
 are one draw without replacement from it (held-out first), so no template-and-number combination is in
@@ -21,8 +33,10 @@ are derived from its numbers, so they cannot make two copies of one problem look
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import random
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -32,6 +46,7 @@ from asympo.data.problem import Problem
 __all__ = ["TEMPLATES", "ReasoningConfig", "reasoning_problems"]
 
 SPLITS = ("train", "test")
+EXTRAS = ("check", "restate")
 NAMES = ("Mia", "Tom", "Ana", "Sam", "Lea", "Ben", "Ivy", "Max")
 
 
@@ -146,7 +161,7 @@ TEMPLATES: dict[str, _Template] = {
         lambda: ((k, e, a) for k in range(2, 7) for e in range(2, 13) for a in range(1, k * e)), _share, ops=2
     ),
     "rate": _Template(lambda: itertools.product(range(2, 10), range(2, 10), range(1, 30)), _rate, ops=2),
-    "difference": _Template(lambda: ((a, b) for a in range(10, 60) for b in range(1, a)), _difference, ops=2),
+    "difference": _Template(lambda: ((a, b) for a in range(5, 60) for b in range(1, a)), _difference, ops=2),
     "leak": _Template(
         lambda: (
             (a, b, c, d)
@@ -187,9 +202,23 @@ class ReasoningConfig:
     """Seed of the draw; the same config gives the same problems."""
     prompt_suffix: str = "\n"
     """Text after the question; the solution starts on the next line."""
+    max_number: int | None = None
+    """Keep only problems whose every number (operands, intermediate results and answer) is at most this;
+    None keeps all."""
+    extras: tuple[str, ...] = ()
+    """Optional solution lines, each given to about half the problems (a hash of the problem decides):
+    "check" (the last step recomputed backwards) and "restate" (the answer repeated)."""
 
     def __post_init__(self) -> None:
         self.templates = tuple(self.templates)
+        self.extras = tuple(self.extras)
+        if any(e not in EXTRAS for e in self.extras) or len(set(self.extras)) != len(self.extras):
+            raise ValueError(
+                f"ReasoningConfig.extras must be distinct names from {EXTRAS}, got {self.extras!r}"
+            )
+        mx = self.max_number
+        if mx is not None and (isinstance(mx, bool) or not isinstance(mx, int) or mx < 1):
+            raise ValueError(f"ReasoningConfig.max_number must be None or an int >= 1, got {mx!r}")
         unknown = [t for t in self.templates if t not in TEMPLATES]
         if not self.templates or unknown or len(set(self.templates)) != len(self.templates):
             raise ValueError(
@@ -202,34 +231,55 @@ class ReasoningConfig:
         if self.n_train + self.n_test > self.n_distinct:
             raise ValueError(
                 f"ReasoningConfig: n_train + n_test = {self.n_train + self.n_test} exceeds the "
-                f"{self.n_distinct} distinct problems of templates {self.templates}; lower them or add templates"
+                f"{self.n_distinct} distinct problems of templates {self.templates} with max_number "
+                f"{self.max_number}; lower them, add templates or raise max_number"
             )
 
     @property
     def n_distinct(self) -> int:
         """Distinct (template, numbers) problems."""
-        return len(_space(self.templates))
+        return sum(len(_tuples(t, self.max_number)) for t in self.templates)
 
     @property
     def max_answer_chars(self) -> int:
         """Longest reference solution in characters, to size `max_new_tokens` (add 1 for EOS)."""
-        return _longest_solution(self.templates)
+        return max(
+            len(_render(t, n, self.extras)[1]) for t in self.templates for n in _tuples(t, self.max_number)
+        )
 
 
-@lru_cache(maxsize=16)
-def _space(templates: tuple[str, ...]) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    return tuple((t, n) for t in templates for n in TEMPLATES[t].numbers())
+_NUMBER = re.compile(r"\d+")
+_STEP = re.compile(r"(\d+)([-+*/])(\d+)=(\d+)")
+_INVERSE = {"+": "-", "-": "+", "*": "/", "/": "*"}
 
 
-@lru_cache(maxsize=16)
-def _longest_solution(templates: tuple[str, ...]) -> int:
-    return max(len(_render(t, n)[1]) for t, n in _space(templates))
+@lru_cache(maxsize=64)
+def _tuples(template: str, max_number: int | None) -> tuple[tuple[int, ...], ...]:
+    """The number tuples of one template whose solution has no number above `max_number`."""
+    tuples = TEMPLATES[template].numbers()
+    if max_number is None:
+        return tuple(tuples)
+    return tuple(
+        n for n in tuples if max(map(int, _NUMBER.findall(_render(template, n, ())[1]))) <= max_number
+    )
 
 
-def _render(template: str, numbers: tuple[int, ...]) -> tuple[str, str, int]:
+def _extras_of(template: str, numbers: tuple[int, ...], extras: tuple[str, ...]) -> list[str]:
+    """The extras this problem's solution has: each of `extras` for about half the problems, by a hash."""
+    digest = hashlib.sha256(f"{template}-{numbers}".encode()).digest()
+    return [e for i, e in enumerate(EXTRAS) if e in extras and digest[i] % 2]
+
+
+def _render(template: str, numbers: tuple[int, ...], extras: tuple[str, ...]) -> tuple[str, str, int]:
     """(question, solution text ending in `#### N`, N) of one problem."""
     name = NAMES[sum(numbers) % len(NAMES)]
     question, steps, answer = TEMPLATES[template].write(name, numbers)
+    chosen = _extras_of(template, numbers, extras)
+    if "check" in chosen:
+        a, op, b, c = _STEP.search(steps[-1]).groups()
+        steps = [*steps, f"Check: {c}{_INVERSE[op]}{b}={a}."]
+    if "restate" in chosen:
+        steps = [*steps, f"So the answer is {answer}."]
     return question, "\n".join([*steps, f"#### {answer}"]), answer
 
 
@@ -243,7 +293,7 @@ def reasoning_problems(cfg: ReasoningConfig, split: str) -> list[Problem]:
     rng = random.Random(f"asympo-reasoning-{cfg.seed}")
     shuffled = []
     for t in cfg.templates:
-        tuples = list(TEMPLATES[t].numbers())
+        tuples = list(_tuples(t, cfg.max_number))
         rng.shuffle(tuples)
         shuffled.append([(t, n) for n in tuples])
     # Round robin over the templates (one that runs out drops out), held-out first.
@@ -251,7 +301,7 @@ def reasoning_problems(cfg: ReasoningConfig, split: str) -> list[Problem]:
     draw = list(itertools.islice(turns, cfg.n_train + cfg.n_test))
     problems = []
     for template, numbers in draw[: cfg.n_test] if split == "test" else draw[cfg.n_test :]:
-        question, solution, answer = _render(template, numbers)
+        question, solution, answer = _render(template, numbers, cfg.extras)
         problems.append(
             Problem(
                 id=f"reason-{template}-{'-'.join(map(str, numbers))}",
