@@ -93,6 +93,15 @@ class RunData:
         return final_mean(self.series(key).tolist())
 
     @property
+    def staleness_counts(self) -> np.ndarray:  # [D+1] samples per staleness over all steps
+        return self.staleness_hist.sum(axis=0) if self.staleness_hist is not None else np.zeros(0)
+
+    @property
+    def staleness_mean(self) -> float:
+        counts = self.staleness_counts
+        return float((np.arange(len(counts)) * counts).sum() / counts.sum()) if counts.sum() > 0 else math.nan
+
+    @property
     def eval_steps(self) -> np.ndarray:  # [E]
         return np.array([e.step for e in self.evals], dtype=np.int64)
 

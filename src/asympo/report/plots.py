@@ -309,13 +309,13 @@ def staleness_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
     ax_iter = iter(axes.flat)
     if hist is not None:
         ax = next(ax_iter)
-        counts = hist.sum(axis=0)  # [D+1] samples per staleness over all steps
+        counts = run.staleness_counts
         total = counts.sum()
         levels = np.arange(len(counts))
         ax.bar(levels, counts / total if total > 0 else counts, color="tab:cyan", edgecolor="tab:blue")
         # At least levels 0..2 on the axis: a synchronous run's single bar would otherwise fill the panel.
         ax.set_xlim(-0.6, max(len(levels) - 1, 2) + 0.6)
-        mean = float((levels * counts).sum() / total) if total > 0 else math.nan
+        mean = run.staleness_mean
         ax.axvline(mean, color="tab:red", linestyle="--", linewidth=1.2, label=f"mean {mean:.2f}")
         ax.set(xlabel="staleness (learner version − sample version)", ylabel="fraction of trained samples",
                title=f"Staleness histogram ({int(total)} samples, {len(run)} steps)")  # fmt: skip

@@ -89,10 +89,11 @@ def run_overview(run: RunData) -> Table:
         facts.append(["held-out pass@1 first → last", span])
         facts.append(["best held-out pass@1", f"{fmt(best.pass1)} (step {best.step})"])
     if run.staleness_hist is not None:
-        counts = run.staleness_hist.sum(axis=0)
+        counts = run.staleness_counts
         if counts.sum() > 0:
-            mean = float((np.arange(len(counts)) * counts).sum() / counts.sum())
-            facts.append(["staleness mean / max", f"{mean:.2f} / {int(np.nonzero(counts)[0].max())}"])
+            facts.append(
+                ["staleness mean / max", f"{run.staleness_mean:.2f} / {int(np.nonzero(counts)[0].max())}"]
+            )
     elif run.has("staleness/mean"):
         top = np.nanmax(run.series("staleness/max")) if run.has("staleness/max") else math.nan
         mean = np.nanmean(run.series("staleness/mean"))
@@ -223,8 +224,10 @@ def diagnostic_tables(study: StudyData) -> list[tuple[str, Table]]:
     logged = [c for c in study.cells if c.run is not None]
     runs = [c.run for c in logged]
     specs = [
-        ("Best held-out pass@1 at any evaluation (start included)", _best_eval, bool(runs)),
-        ("Share of steps with gradient clipping active (mean of grad/clipped over the run)", _clipped_share,
+        ("Best held-out pass@1 at any evaluation (start included)", lambda run: max(filter(math.isfinite, run.eval_pass1), default=math.nan),
+         bool(runs)),
+        ("Share of steps with gradient clipping active (mean of grad/clipped over the run)",
+         lambda run: summarize(run.series("grad/clipped")).mean,
          any(run.has("grad/clipped") for run in runs)),
     ]  # fmt: skip
     for key in DIAGNOSTICS:
@@ -239,16 +242,6 @@ def diagnostic_tables(study: StudyData) -> list[tuple[str, Table]]:
         for heading, value, present in specs
         if present
     ]
-
-
-def _best_eval(run: RunData) -> float:
-    p = run.eval_pass1
-    return float(np.nanmax(p)) if len(p) and np.isfinite(p).any() else math.nan
-
-
-def _clipped_share(run: RunData) -> float:
-    clipped = run.series("grad/clipped")
-    return float(np.nanmean(clipped)) if np.isfinite(clipped).any() else math.nan
 
 
 def study_markdown(study: StudyData) -> str:
