@@ -88,13 +88,9 @@ def run_overview(run: RunData) -> Table:
         span = f"{fmt(first.pass1)} (step {first.step}) → {fmt(last.pass1)} (step {last.step})"
         facts.append(["held-out pass@1 first → last", span])
         facts.append(["best held-out pass@1", f"{fmt(best.pass1)} (step {best.step})"])
-    if run.staleness_hist is not None:
-        counts = run.staleness_counts
-        if counts.sum() > 0:
-            facts.append(
-                ["staleness mean / max", f"{run.staleness_mean:.2f} / {int(np.nonzero(counts)[0].max())}"]
-            )
-    elif run.has("staleness/mean"):
+    if (counts := run.staleness_counts).sum() > 0:
+        facts.append(["staleness mean / max", f"{run.staleness_mean:.2f} / {np.nonzero(counts)[0].max()}"])
+    elif run.staleness_hist is None and run.has("staleness/mean"):
         top = np.nanmax(run.series("staleness/max")) if run.has("staleness/max") else math.nan
         mean = np.nanmean(run.series("staleness/mean"))
         facts.append(["staleness mean / max", f"{fmt(mean)} / {fmt(top)}"])
@@ -224,11 +220,10 @@ def diagnostic_tables(study: StudyData) -> list[tuple[str, Table]]:
     logged = [c for c in study.cells if c.run is not None]
     runs = [c.run for c in logged]
     specs = [
-        ("Best held-out pass@1 at any evaluation (start included)", lambda run: max(filter(math.isfinite, run.eval_pass1), default=math.nan),
-         bool(runs)),
+        ("Best held-out pass@1 at any evaluation (start included)",
+         lambda run: max(filter(math.isfinite, run.eval_pass1), default=math.nan), bool(runs)),
         ("Share of steps with gradient clipping active (mean of grad/clipped over the run)",
-         lambda run: summarize(run.series("grad/clipped")).mean,
-         any(run.has("grad/clipped") for run in runs)),
+         lambda run: summarize(run.series("grad/clipped")).mean, any(run.has("grad/clipped") for run in runs)),
     ]  # fmt: skip
     for key in DIAGNOSTICS:
         names = sorted({run.key(key) for run in runs if run.has(key)})
@@ -263,9 +258,8 @@ def study_markdown(study: StudyData) -> str:
             parts += [f"## {key}", column_pivot(groups, key).markdown()]
     for heading, table in diagnostic_tables(study):
         parts += [f"## {heading}", table.markdown()]
-    walls = [w for rows in groups.values() if (w := column(rows, "wall_s")).n] if "wall_s" in extras else []
-    if walls:
-        total = sum(w.mean * w.n for w in walls)
+    if (walls := column(study.rows, "wall_s")).n:
+        total = walls.mean * walls.n
         parts.append(
             f"Cell wall time: {total / 60:.1f} min in all (sum over cells, not the study's elapsed time)."
         )
