@@ -84,7 +84,6 @@ class RunData:
         return bool(np.isfinite(self.series(key)).any())
 
     def last(self, key: str) -> float:
-        """The last finite value of `key`, NaN if there is none."""
         finite = self.series(key)[np.isfinite(self.series(key))]
         return float(finite[-1]) if len(finite) else math.nan
 
@@ -258,13 +257,11 @@ class StudyData:
         return sorted({r.staleness for r in self.rows} | {c.staleness for c in self.cells})
 
     @property
-    def result_lrs(self) -> list[float]:
-        """The distinct learning rates of the results table (its optional `lr` column), sorted."""
+    def result_lrs(self) -> list[float]:  # the optional `lr` column of results.csv
         return sorted({r.lr for r in self.rows if r.lr is not None})
 
     @property
-    def cell_lrs(self) -> list[float]:
-        """The distinct learning rates of the cells (their `cell.json`), sorted."""
+    def cell_lrs(self) -> list[float]:  # from the cells' cell.json
         return sorted({c.lr for c in self.cells if c.lr is not None})
 
 
@@ -504,12 +501,11 @@ def align(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.n
 
 @dataclass(frozen=True)
 class Summary:
-    """Mean and sample standard deviation (ddof=1) of the finite values; `missing` counts the NaNs."""
+    """Mean and sample standard deviation (ddof=1) of the `n` finite values."""
 
     mean: float
     std: float
     n: int
-    missing: int = 0
 
     def format(self, digits: int = 3) -> str:
         if self.n == 0:
@@ -518,11 +514,12 @@ class Summary:
 
 
 def summarize(values: list[float] | np.ndarray) -> Summary:
-    values = np.asarray(values, dtype=np.float64)
-    finite = values[np.isfinite(values)]
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
     n = len(finite)
-    mean, std = float(finite.mean()) if n else math.nan, float(finite.std(ddof=1)) if n > 1 else math.nan
-    return Summary(mean, std, n, len(values) - n)
+    return Summary(
+        float(finite.mean()) if n else math.nan, float(finite.std(ddof=1)) if n > 1 else math.nan, n
+    )
 
 
 def nan_mean_std(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

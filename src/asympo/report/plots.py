@@ -533,32 +533,36 @@ def curves_plot(
     }
     is_eval = spec.key == EVAL_KEY  # evaluations are few: markers, no smoothing
     smoothed = False
+    for (series, level), curves in groups.items():
+        ax = axes.flat[levels.index(level)]
+        steps, matrix = align(curves)
+        mean, std = nan_mean_std(matrix)
+        w = 1 if is_eval else (window or auto_window(len(steps)))
+        smoothed |= w > 1
+        m, s = smooth(mean, w), smooth(std, w)
+        color = colors[series.objective]
+        if w > 1:  # the unsmoothed seed mean, faint, under the smoothed line
+            finite = np.isfinite(mean)
+            ax.plot(steps[finite], mean[finite], color=color, alpha=RAW_ALPHA * 0.8, linewidth=0.7)
+        ax.plot(steps, m, color=color, linewidth=1.6, linestyle=styles.get(series.lr, "-"),
+                label=series.label(), marker="o" if is_eval else None, markersize=3)  # fmt: skip
+        if len(curves) > 1:
+            ax.fill_between(steps, m - s, m + s, color=color, alpha=0.12, linewidth=0)
+    log = spec.log_if_wide and wants_log(
+        *(np.concatenate([v for _, v in curves]) for curves in groups.values())
+    )
+    seen: dict[str, object] = {}  # legend label -> handle, over all panels
     for ax, level in zip(axes.flat, levels):
-        for series, curves in ((series, curves) for (series, lvl), curves in groups.items() if lvl == level):
-            steps, matrix = align(curves)
-            mean, std = nan_mean_std(matrix)
-            w = 1 if is_eval else (window or auto_window(len(steps)))
-            smoothed |= w > 1
-            m, s = smooth(mean, w), smooth(std, w)
-            color = colors[series.objective]
-            if w > 1:  # the unsmoothed seed mean, faint, under the smoothed line
-                finite = np.isfinite(mean)
-                ax.plot(steps[finite], mean[finite], color=color, alpha=RAW_ALPHA * 0.8, linewidth=0.7)
-            ax.plot(steps, m, color=color, linewidth=1.6, linestyle=styles.get(series.lr, "-"),
-                    label=series.label(), marker="o" if is_eval else None, markersize=3)  # fmt: skip
-            if len(curves) > 1:
-                ax.fill_between(steps, m - s, m + s, color=color, alpha=0.12, linewidth=0)
         if not ax.lines:
             empty_note(ax, "no data")
-        ax.set(title=f"staleness {level}", xlabel="optimiser step", ylabel=spec.ylabel)
-    values = [np.concatenate([v for _, v in curves]) for curves in groups.values()]
-    for ax in axes.flat:
-        if spec.log_if_wide and wants_log(*values):
-            ax.set_yscale("log")
+        ax.set(
+            title=f"staleness {level}",
+            xlabel=STEP_LABEL,
+            ylabel=spec.ylabel,
+            yscale="log" if log else "linear",
+        )
         if spec.hline is not None:
             ax.axhline(spec.hline, color="gray", linestyle=":", linewidth=1)
-    seen: dict[str, object] = {}
-    for ax in axes.flat:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(label, handle)
     # A long legend goes under the panels, in columns, instead of squeezing them.
