@@ -244,11 +244,12 @@ class StudyData:
         order = self.objectives
         return order.index(series.objective) if series.objective in order else len(order), series.lr or 0.0
 
-    def groups(self, items: Iterable, with_lr: bool) -> dict[tuple[Series, int], list]:
-        """Result rows or cells by (objective[, lr] series, staleness), ordered by `rank`, then staleness."""
-        groups: dict[tuple[Series, int], list] = {}
+    def groups(self, items: Iterable, with_lr: bool | None = None) -> dict[tuple[Series, int], list]:
+        """Result rows or cells by (objective[, lr] series, staleness), ordered by `rank`, then staleness;
+        split by learning rate when `with_lr` (by default: when the results vary it)."""
+        split, groups = self.varies_lr if with_lr is None else with_lr, {}
         for item in items:
-            key = (Series(item.objective, item.lr if with_lr else None), item.staleness)
+            key = (Series(item.objective, item.lr if split else None), item.staleness)
             groups.setdefault(key, []).append(item)
         return dict(sorted(groups.items(), key=lambda kv: (self.rank(kv[0][0]), kv[0][1])))
 
@@ -259,6 +260,15 @@ class StudyData:
     @property
     def result_lrs(self) -> list[float]:  # the optional `lr` column of results.csv
         return sorted({r.lr for r in self.rows if r.lr is not None})
+
+    @property
+    def varies_lr(self) -> bool:
+        return len(self.result_lrs) > 1
+
+    @property
+    def extra_columns(self) -> list[str]:
+        """The numeric extra columns of results.csv (e.g. start_pass1, wall_s)."""
+        return [k for k in self.columns if any(isinstance(r.extra.get(k), float) for r in self.rows)]
 
     @property
     def cell_lrs(self) -> list[float]:  # from the cells' cell.json

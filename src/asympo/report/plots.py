@@ -422,7 +422,7 @@ def plot_study(study: StudyData, out_dir: Path, window: int | None = None) -> li
     plots = []
     if study.rows:
         plots.append(final_vs_staleness_plot(study, out_dir, colors, styles))
-        if len(study.result_lrs) > 1:
+        if study.varies_lr:
             plots.append(final_vs_lr_plot(study, out_dir, colors))
     curves = (curves_plot(study, out_dir, colors, styles, curve, window) for curve in CURVES)
     return plots + [p for p in curves if p is not None]
@@ -436,11 +436,10 @@ def errorbar(ax: Axes, xs: list, summaries: list, **kw) -> None:
 
 def final_vs_staleness_plot(study: StudyData, out_dir: Path, colors: dict, styles: dict) -> Plot:
     # The final plots split by the results' learning rates, the curves by the cells'.
-    with_lr = len(study.result_lrs) > 1
     # Series in the order of results.csv (not `StudyData.groups`' order): the legend follows the file.
     groups: dict[Series, dict[int, list]] = defaultdict(lambda: defaultdict(list))
     for row in study.rows:
-        groups[Series(row.objective, row.lr if with_lr else None)][row.staleness].append(row)
+        groups[Series(row.objective, row.lr if study.varies_lr else None)][row.staleness].append(row)
     levels = study.staleness_levels
     span = (max(levels) - min(levels)) or 1.0
     fig, axes = new_figure(2, 2, panel=(6.2, 4.2))
