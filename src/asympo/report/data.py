@@ -511,11 +511,12 @@ def align(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.n
 
 @dataclass(frozen=True)
 class Summary:
-    """Mean and sample standard deviation (ddof=1) of the `n` finite values."""
+    """Mean and sample standard deviation (ddof=1) of the `n` finite values; `missing` counts the NaNs."""
 
     mean: float
     std: float
     n: int
+    missing: int = 0
 
     def format(self, digits: int = 3) -> str:
         if self.n == 0:
@@ -524,12 +525,11 @@ class Summary:
 
 
 def summarize(values: list[float] | np.ndarray) -> Summary:
-    finite = np.asarray(values, dtype=np.float64)
-    finite = finite[np.isfinite(finite)]
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
     n = len(finite)
-    return Summary(
-        float(finite.mean()) if n else math.nan, float(finite.std(ddof=1)) if n > 1 else math.nan, n
-    )
+    mean, std = float(finite.mean()) if n else math.nan, float(finite.std(ddof=1)) if n > 1 else math.nan
+    return Summary(mean, std, n, len(values) - n)
 
 
 def nan_mean_std(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
