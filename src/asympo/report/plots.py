@@ -233,9 +233,8 @@ def plot_run(run: RunData, out_dir: Path, window: int | None = None) -> list[Plo
 def figure_plot(run: RunData, out_dir: Path, window: int, spec: RunFigure) -> Plot | None:
     if not any(run.has(k) for panel in spec.panels for k in panel.keys):
         return None
-    fig, axes = new_figure(
-        len(spec.panels), len(spec.panels) // spec.rows, panel=spec.size, sharex=spec.rows > 1
-    )
+    n = len(spec.panels)
+    fig, axes = new_figure(n, n // spec.rows, panel=spec.size, sharex=spec.rows > 1)
     for ax, panel in zip(axes.flat, spec.panels):
         draw_panel(ax, run, panel, window)
     for ax in axes[-1]:
@@ -337,23 +336,20 @@ def staleness_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
 
 def other_metrics_plots(run: RunData, out_dir: Path, window: int) -> list[Plot]:
     """Every other logged scalar (entropy, KL, user-objective metrics, ...) in a grid of small panels."""
-    claimed = {"reward/mean", "reward/std", "staleness/mean", "staleness/max"}
-    claimed |= {run.key(k) for spec in run_figures(run, 1) for panel in spec.panels for k in panel.keys}
+    panels = [STALENESS_PANEL, *(panel for spec in run_figures(run, 1) for panel in spec.panels)]
+    claimed = {"reward/mean", "reward/std", *(run.key(k) for panel in panels for k in panel.keys)}
     keys = [k for k in run.scalars if k not in claimed and run.has(k)]
     plots = []
     for page, start in enumerate(range(0, len(keys), OTHERS_PER_FIGURE)):
         chunk = keys[start : start + OTHERS_PER_FIGURE]
-        ncols = min(3, len(chunk))
-        fig, axes = new_figure(len(chunk), ncols, panel=(4.2, 2.8))
+        fig, axes = new_figure(len(chunk), min(3, len(chunk)), panel=(4.2, 2.8))
         for ax, key in zip(axes.flat, chunk):
             line(ax, run.steps, run.series(key), label=key, color="tab:blue", window=window)
             ax.set_title(key, fontsize="medium")
             ax.set_xlabel(STEP_LABEL, fontsize="small")
-        suffix = ("", "") if page == 0 else (f"_{page + 1}", f" ({page + 1})")
+        stem, title = ("", "") if page == 0 else (f"_{page + 1}", f" ({page + 1})")
         caption = "Every other scalar the run logged: " + ", ".join(chunk) + "."
-        plots.append(
-            save(fig, out_dir / f"other_metrics{suffix[0]}.png", f"Other metrics{suffix[1]}", caption)
-        )
+        plots.append(save(fig, out_dir / f"other_metrics{stem}.png", f"Other metrics{title}", caption))
     return plots
 
 
