@@ -137,12 +137,11 @@ def load_run(path: str | Path) -> RunData:
     )
     scalars = {key: np.array([to_float(row.get(key)) for row in ordered]) for key in keys}
     hists = [h if isinstance(h := row.get("staleness/hist"), list) else [] for row in ordered]
-    hist = None
-    if any(hists):
-        hist = np.zeros((len(ordered), max(map(len, hists))))
-        for i, h in enumerate(hists):
-            hist[i, : len(h)] = [to_float(c) for c in h]
-        hist = np.nan_to_num(hist, nan=0.0)  # a count that is not a number counts nothing
+    width = max(map(len, hists), default=0)
+    # Padded with zeros to the widest; a count that is not a number counts nothing.
+    hist = (
+        np.nan_to_num([[to_float(c) for c in h] + [0.0] * (width - len(h)) for h in hists]) if width else None
+    )
     evals = _read_evals(path / EVAL_FILE, warnings) if (path / EVAL_FILE).is_file() else []
     config = read_json_dict(path / CONFIG_FILE, warnings)
     summary = read_json_dict(path / SUMMARY_FILE, warnings)
@@ -339,7 +338,7 @@ def _read_results(file: Path, warnings: list[str]) -> tuple[list[ResultRow], lis
     rows: dict[tuple, ResultRow] = {}
     for index, (lineno, rec) in enumerate(records):
         try:
-            row = _parse_result(rec, columns)
+            row = _parse_result(rec)
         except (TypeError, ValueError) as exc:
             if index == len(records) - 1 and not text.endswith("\n"):
                 warnings.append(f"{file.name}: skipped a half-written last line ({lineno})")
@@ -352,29 +351,23 @@ def _read_results(file: Path, warnings: list[str]) -> tuple[list[ResultRow], lis
     return list(rows.values()), columns
 
 
-def _parse_result(rec: dict[str, str | None], columns: list[str]) -> ResultRow:
-    if None in rec or any(rec.get(c) is None for c in columns):
+def _parse_result(rec: dict[str | None, str | None]) -> ResultRow:
+    if None in rec or None in rec.values():  # csv.DictReader's marks of too many / too few fields
         raise ValueError(f"wrong number of fields: {rec!r}")
-    collapsed_text = str(rec["collapsed"]).strip().lower()
-    collapsed = True if collapsed_text in TRUE else False if collapsed_text in FALSE else None
-    if collapsed is None and collapsed_text not in NULLS:
+    collapsed = str(rec["collapsed"]).strip().lower()
+    if collapsed not in TRUE | FALSE | NULLS:
         raise ValueError(f"'collapsed' must be true/false, got {rec['collapsed']!r}")
     extra: dict[str, float | str] = {}
-    for column in (c for c in columns if c not in FIELDS):
+    for column in (c for c in rec if c not in FIELDS):
         try:
             extra[column] = csv_float(rec[column])
         except ValueError:
             extra[column] = str(rec[column])
     return ResultRow(
-        objective=str(rec["objective"]),
-        staleness=int(float(str(rec["staleness"]))),
-        seed=int(float(str(rec["seed"]))),
-        final_reward=csv_float(rec["final_reward"]),
-        final_pass1=csv_float(rec["final_pass1"]),
-        collapsed=collapsed,
-        lr=optional_float(rec.get("lr")),
-        extra=extra,
-    )
+        str(rec["objective"]), int(float(str(rec["staleness"]))), int(float(str(rec["seed"]))),
+        csv_float(rec["final_reward"]), csv_float(rec["final_pass1"]),
+        True if collapsed in TRUE else False if collapsed in FALSE else None, optional_float(rec.get("lr")), extra,
+    )  # fmt: skip
 
 
 def _row_from_cell(cell: CellRun, run: RunData) -> ResultRow:
