@@ -94,10 +94,8 @@ def page(title: str, subtitle: str, warnings: list[str], sections: list[tuple[st
     sections; a section whose HTML is empty (or an empty list: `run.evals and ...`) is left out."""
     sections = [(name, html) for name, html in sections if html]
     now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    warn = ""
-    if warnings:
-        items = "".join(f"<li>{escape(w)}</li>" for w in warnings)
-        warn = f'<div class="warn"><b>Warnings</b><ul>{items}</ul></div>'
+    warn = "".join(f"<li>{escape(w)}</li>" for w in warnings)
+    warn = warn and f'<div class="warn"><b>Warnings</b><ul>{warn}</ul></div>'
     nav = " ".join(f'<a href="#{anchor(name)}">{escape(name)}</a>' for name, _ in sections)
     body = "".join(f'<h2 id="{anchor(name)}">{escape(name)}</h2>{html}' for name, html in sections)
     return (
@@ -177,7 +175,7 @@ def cells_html(study: StudyData) -> str:
     common, varying = tables.config_split([c.run.config for c in study.cells if c.run is not None])
     if varying:
         shown = [
-            [k, ", ".join(tables.fmt(v) for v in vs[:12]) + (" …" if len(vs) > 12 else "")]
+            [k, ", ".join(map(tables.fmt, vs[:12])) + (" …" if len(vs) > 12 else "")]
             for k, vs in varying.items()
         ]
         html += "<p>Config keys that vary across cells:</p>" + Table(["key", "values"], shown).html()
@@ -189,7 +187,7 @@ def cells_html(study: StudyData) -> str:
 def config_html(config: dict[str, Any]) -> str:
     # Both columns left-aligned: config values are mostly names and paths, not numbers to compare.
     table = Table(
-        ["key", "value"], [list(kv) for kv in tables.flatten(config).items()], key_columns=2, id="config"
+        ["key", "value"], list(map(list, tables.flatten(config).items())), key_columns=2, id="config"
     )
     raw = escape(json.dumps(config, indent=2, sort_keys=True, default=str))
     return table.html() + details("config.json", f"<pre>{raw}</pre>")
