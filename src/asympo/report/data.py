@@ -203,6 +203,10 @@ class ResultRow:
         """The value of a results.csv column (a field or an extra)."""
         return getattr(self, column) if column in FIELDS else self.extra.get(column)
 
+    def number(self, column: str) -> float:
+        """The value of a column as a float, NaN where it is not a number (or the row lacks it)."""
+        return value if isinstance(value := self.value(column), float) else math.nan
+
 
 FIELDS = (*REQUIRED_RESULT_COLUMNS, "lr")
 """The results.csv columns that are `ResultRow` fields; the others are its `extra`."""

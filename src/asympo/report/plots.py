@@ -439,13 +439,9 @@ def final_vs_staleness_plot(study: StudyData, out_dir: Path, colors: dict, style
     levels = study.staleness_levels
     span = (max(levels) - min(levels)) or 1.0
     fig, axes = new_figure(2, 2, panel=(6.2, 4.2))
-    starts = [
-        s for r in study.rows if isinstance(s := r.extra.get("start_pass1"), float) and math.isfinite(s)
-    ]
-    for ax, field, ylabel in (
-        (axes[0, 0], "final_pass1", "final held-out pass@1"),
-        (axes[0, 1], "final_reward", "final training reward"),
-    ):
+    start = summarize([r.number("start_pass1") for r in study.rows]).mean
+    finals = {"final_pass1": "final held-out pass@1", "final_reward": "final training reward"}
+    for ax, (field, ylabel) in zip(axes.flat, finals.items()):
         for i, (series, by_level) in enumerate(groups.items()):
             # Spread the objectives a little along x so that their error bars do not overlap.
             offset = (i - (len(groups) - 1) / 2) * 0.015 * span
@@ -462,8 +458,8 @@ def final_vs_staleness_plot(study: StudyData, out_dir: Path, colors: dict, style
                     ax.plot(level + offset, v, marker, color=color, alpha=0.45, markersize=size)
             errorbar(ax, xs, summaries, color=color, linewidth=1.6, linestyle=styles.get(series.lr, "-"),
                      label=series.label())  # fmt: skip
-        if field == "final_pass1" and starts:
-            ax.axhline(np.mean(starts), color="gray", linestyle="--", linewidth=1, label="start (mean)")
+        if field == "final_pass1" and math.isfinite(start):
+            ax.axhline(start, color="gray", linestyle="--", linewidth=1, label="start (mean)")
         ax.set_xticks(levels)
         ax.set(xlabel="staleness (versions)", ylabel=ylabel, title=f"{ylabel.capitalize()} vs staleness")
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside right upper", fontsize="small")

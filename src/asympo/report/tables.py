@@ -152,7 +152,7 @@ def config_split(configs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[st
 
 def column(rows: list[ResultRow], name: str) -> Summary:
     """Mean ± std over seeds of a results.csv column (NaN for values that are not numbers)."""
-    return summarize([v if isinstance(v := r.value(name), float) else math.nan for r in rows])
+    return summarize([r.number(name) for r in rows])
 
 
 def collapse_text(rows: list[ResultRow]) -> str:
