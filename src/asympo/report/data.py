@@ -242,19 +242,16 @@ class StudyData:
         """Objective labels in order of first appearance (the preset's order), results first, then cells."""
         return list(dict.fromkeys([*(r.objective for r in self.rows), *(c.objective for c in self.cells)]))
 
-    def rank(self, series: Series) -> tuple[int, float]:
-        """Sort key of a line or row: the study's objective order, then the learning rate."""
-        order = self.objectives
-        return order.index(series.objective) if series.objective in order else len(order), series.lr or 0.0
-
     def groups(self, items: Iterable, with_lr: bool | None = None) -> dict[tuple[Series, int], list]:
-        """Result rows or cells by (objective[, lr] series, staleness), ordered by `rank`, then staleness;
-        split by learning rate when `with_lr` (by default: when the results vary it)."""
-        split, groups = self.varies_lr if with_lr is None else with_lr, {}
+        """This study's result rows or cells by (objective[, lr] series, staleness), in the order of
+        `objectives`, learning rate and staleness; split by learning rate when `with_lr` (by default: when
+        the results vary it)."""
+        split, order, groups = self.varies_lr if with_lr is None else with_lr, self.objectives, {}
         for item in items:
             key = (Series(item.objective, item.lr if split else None), item.staleness)
             groups.setdefault(key, []).append(item)
-        return dict(sorted(groups.items(), key=lambda kv: (self.rank(kv[0][0]), kv[0][1])))
+        rank = {key: (order.index(key[0].objective), key[0].lr or 0.0, key[1]) for key in groups}
+        return dict(sorted(groups.items(), key=lambda kv: rank[kv[0]]))
 
     @property
     def staleness_levels(self) -> list[int]:
