@@ -512,10 +512,10 @@ class Summary:
     n: int
     missing: int = 0
 
-    def format(self, digits: int = 3) -> str:
+    def format(self) -> str:
         if self.n == 0:
             return "—"
-        return f"{self.mean:.{digits}f}" + (f" ± {self.std:.{digits}f}" if self.n > 1 else "")
+        return f"{self.mean:.3f}" + (f" ± {self.std:.3f}" if self.n > 1 else "")
 
 
 def summarize(values: list[float] | np.ndarray) -> Summary:

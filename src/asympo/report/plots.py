@@ -84,17 +84,17 @@ def line(ax: Axes, x, y, *, label: str, color: str, window: int) -> bool:
     return True
 
 
-def wants_log(*arrays: np.ndarray, spread: float = 30.0) -> bool:
-    """True when all finite values are positive and span more than `spread`× (a log axis reads better)."""
+def wants_log(*arrays: np.ndarray) -> bool:
+    """True when all finite values are positive and span more than 30× (a log axis reads better)."""
     values = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
     values = values[np.isfinite(values)]
-    return bool(len(values) >= 2 and (values > 0).all() and values.max() / values.min() > spread)
+    return bool(len(values) >= 2 and (values > 0).all() and values.max() / values.min() > 30)
 
 
-def legend(ax: Axes, **kw) -> None:
+def legend(ax: Axes) -> None:
     """A legend only when something is labelled (an empty legend warns)."""
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small", framealpha=0.8, **kw)
+        ax.legend(fontsize="small", framealpha=0.8)
 
 
 def empty_note(ax: Axes, text: str) -> None:

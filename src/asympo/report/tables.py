@@ -54,8 +54,8 @@ class Table:
         return "\n".join([line(self.headers), line(["---"] * len(self.headers)), *map(line, self.rows)])
 
 
-def fmt(value: Any, digits: int = 4) -> str:
-    """Numbers to at most `digits` significant digits (NaN → "—"); anything else via JSON / str."""
+def fmt(value: Any) -> str:
+    """Numbers to at most 4 significant digits (NaN → "—"); anything else via JSON / str."""
     if isinstance(value, bool) or value is None:
         return json.dumps(value)
     if isinstance(value, int | np.integer):
@@ -64,7 +64,7 @@ def fmt(value: Any, digits: int = 4) -> str:
         value = float(value)
         if not math.isfinite(value):
             return "—" if math.isnan(value) else str(value)
-        return f"{value:.{digits}g}"
+        return f"{value:.4g}"
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
