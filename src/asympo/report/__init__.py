@@ -19,14 +19,5 @@ from asympo.report.data import (
     load_study,
 )
 
-__all__ = [
-    "CellRun",
-    "EvalPoint",
-    "Report",
-    "ReportError",
-    "ResultRow",
-    "RunData",
-    "StudyData",
-    "build_report",
-]
-__all__ += ["load_run", "load_study", "main", "write_report"]
+__all__ = ["CellRun", "EvalPoint", "Report", "ReportError", "ResultRow", "RunData", "StudyData"]
+__all__ += ["build_report", "load_run", "load_study", "main", "write_report"]

@@ -21,8 +21,6 @@ from asympo.report.data import ReportError, RunData, StudyData
 from asympo.report.plots import Plot, plot_run, plot_study
 from asympo.report.tables import Table
 
-REPORT_FILE, SUMMARY_FILE, PLOTS_DIR = "report.html", "summary.md", "plots"
-
 
 @dataclass(frozen=True)
 class Report:
@@ -47,21 +45,21 @@ def build_report(path: str | Path, *, window: int | None = None, embed: bool = T
     path = data.existing_dir(path)
     if data.is_study_dir(path):
         study = data.load_study(path)
-        plots = plot_study(study, path / PLOTS_DIR, window)
-        html, kind, warnings = study_page(study, plots, path, embed), "study", study.warnings
+        plots, kind, warnings = plot_study(study, path / "plots", window), "study", study.warnings
+        html = study_page(study, figures(plots, path, embed))
         # Atomic: a browser refreshing the page while a long study re-renders it never sees half a file.
-        atomic_write_text(path / SUMMARY_FILE, tables.study_markdown(study))
+        atomic_write_text(path / "summary.md", tables.study_markdown(study))
     elif data.is_run_dir(path):
         run = data.load_run(path)
-        plots = plot_run(run, path / PLOTS_DIR, window)
-        html, kind, warnings = run_page(run, plots, path, embed), "run", run.warnings
+        plots, kind, warnings = plot_run(run, path / "plots", window), "run", run.warnings
+        html = run_page(run, figures(plots, path, embed))
     else:
         raise ReportError(
             f"{path} is neither a run directory (it has no {data.METRICS_FILE}) nor a study directory "
             f"(no {data.RESULTS_FILE}, no cells/); {data.describe_contents(path)}"
         )
-    atomic_write_text(path / REPORT_FILE, html)
-    return Report(kind, path / REPORT_FILE, plots, warnings)
+    atomic_write_text(path / "report.html", html)
+    return Report(kind, path / "report.html", plots, warnings)
 
 
 def write_report(path: str | Path, *, window: int | None = None, embed: bool = True) -> Path:
@@ -92,14 +90,14 @@ nav a { margin-right: 1em; }
 
 
 def page(title: str, subtitle: str, warnings: list[str], sections: list[tuple[str, str]]) -> str:
-    """The page shell: a title, a line of context, warnings, a table of contents and the sections."""
+    """The page shell: a title, a line of context, warnings, a table of contents and the (name, HTML)
+    sections; a section whose HTML is empty (or an empty list: `run.evals and ...`) is left out."""
+    sections = [(name, html) for name, html in sections if html]
     now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    warn = ""
-    if warnings:
-        items = "".join(f"<li>{escape(w)}</li>" for w in warnings)
-        warn = f'<div class="warn"><b>Warnings</b><ul>{items}</ul></div>'
-    nav = " ".join(f'<a href="#{_anchor(name)}">{escape(name)}</a>' for name, _ in sections)
-    body = "".join(f'<h2 id="{_anchor(name)}">{escape(name)}</h2>{html}' for name, html in sections)
+    warn = "".join(f"<li>{escape(w)}</li>" for w in warnings)
+    warn = warn and f'<div class="warn"><b>Warnings</b><ul>{warn}</ul></div>'
+    nav = " ".join(f'<a href="#{anchor(name)}">{escape(name)}</a>' for name, _ in sections)
+    body = "".join(f'<h2 id="{anchor(name)}">{escape(name)}</h2>{html}' for name, html in sections)
     return (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
         f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1>"
@@ -109,73 +107,63 @@ def page(title: str, subtitle: str, warnings: list[str], sections: list[tuple[st
 
 
 def figures(plots: list[Plot], report_dir: Path, embed: bool) -> str:
-    html = []
-    for plot in plots:
+    def src(plot: Plot) -> str:
         if embed:
-            src = "data:image/png;base64," + base64.b64encode(plot.path.read_bytes()).decode("ascii")
-        else:
-            src = plot.path.relative_to(report_dir).as_posix()
-        html.append(
-            f'<figure id="{escape(plot.path.stem)}"><img src="{escape(src)}" alt="{escape(plot.title)}">'
-            f"<figcaption><b>{escape(plot.title)}.</b> {escape(plot.caption)}</figcaption></figure>"
-        )
-    return "".join(html)
+            return "data:image/png;base64," + base64.b64encode(plot.path.read_bytes()).decode("ascii")
+        return plot.path.relative_to(report_dir).as_posix()
+
+    return "".join(
+        f'<figure id="{escape(plot.path.stem)}"><img src="{escape(src(plot))}" alt="{escape(plot.title)}">'
+        f"<figcaption><b>{escape(plot.title)}.</b> {escape(plot.caption)}</figcaption></figure>"
+        for plot in plots
+    )
 
 
 def details(summary: str, html: str) -> str:
     return f"<details><summary>{summary}</summary>{html}</details>"
 
 
-def run_page(run: RunData, plots: list[Plot], report_dir: Path, embed: bool) -> str:
-    sections = [("Summary", tables.run_overview(run).html())]
-    if plots:
-        sections.append(("Plots", figures(plots, report_dir, embed)))
-    if run.evals:
-        sections.append(("Held-out evaluations", tables.evals_table(run).html()))
-    if run.scalars:
-        sections.append(("Metrics", tables.metrics_table(run).html()))
-    sections.append(("Config", _config_html(run.config)))
+def run_page(run: RunData, figures: str) -> str:
+    sections = [
+        ("Summary", tables.run_overview(run).html()),
+        ("Plots", figures),
+        ("Held-out evaluations", run.evals and tables.evals_table(run).html()),
+        ("Metrics", run.scalars and tables.metrics_table(run).html()),
+        ("Config", config_html(run.config) if run.config else "<p>No config.json.</p>"),
+    ]
     return page(f"Run report: {run.path.name}", str(run.path.resolve()), run.warnings, sections)
 
 
-def study_page(study: StudyData, plots: list[Plot], report_dir: Path, embed: bool) -> str:
-    sections = []
-    if study.rows:
-        note = (
+def study_page(study: StudyData, figures: str) -> str:
+    results = Table(study.columns, [[r.value(c) for c in study.columns] for r in study.rows], id="results")
+    source = "rebuilt from the cells" if study.rows_from_cells else "results.csv"
+    # Side by side where the page is wide: a dozen small pivots stacked would push the plots far down.
+    diagnostics = "".join(
+        f"<div><h3>{escape(h)}</h3>{t.html()}</div>" for h, t in tables.diagnostic_tables(study)
+    )
+    sections = [
+        ("Final pass@1", study.rows and (
             "<p>Final held-out pass@1, mean ± sample std (ddof=1) over seeds, per objective and staleness; "
             "in brackets the seeds marked collapsed.</p>"
-        )
-        pivot = tables.column_pivot(tables.result_groups(study), "final_pass1", " collapsed")
-        sections.append(("Final pass@1", note + pivot.html()))
-        note = (
+            + tables.column_pivot(study, "final_pass1", " collapsed").html())),
+        ("Results by group", study.rows and (
             "<p>Mean ± sample standard deviation (ddof=1) over seeds; collapsed = seeds the study marked "
-            "collapsed / seeds with a known verdict.</p>"
-        )
-        sections.append(("Results by group", note + tables.groups_table(study).html()))
-    diagnostics = tables.diagnostic_tables(study)
-    if diagnostics:
-        note = "<p>From the cells' own logs: mean ± sample std (ddof=1) over seeds; — where no cell logged it.</p>"
-        # Side by side where the page is wide: a dozen small pivots stacked would push the plots far down.
-        html = "".join(f"<div><h3>{escape(h)}</h3>{table.html()}</div>" for h, table in diagnostics)
-        html = f'<div class="tables">{html}</div>'
-        sections.append(("Diagnostics", note + html))
-    if plots:
-        sections.append(("Plots", figures(plots, report_dir, embed)))
-    if study.rows:
-        table = Table(study.columns, [[r.value(c) for c in study.columns] for r in study.rows], id="results")
-        source = "rebuilt from the cells" if study.rows_from_cells else "results.csv"
-        sections.append(("All results", details(f"{len(study.rows)} rows ({source})", table.html())))
-    if study.cells:
-        sections.append(("Cells", _cells_html(study)))
-    if study.config:
-        sections.append(("Study config", _config_html(study.config)))
+            "collapsed / seeds with a known verdict.</p>" + tables.groups_table(study).html())),
+        ("Diagnostics", diagnostics and (
+            "<p>From the cells' own logs: mean ± sample std (ddof=1) over seeds; — where no cell logged it.</p>"
+            f'<div class="tables">{diagnostics}</div>')),
+        ("Plots", figures),
+        ("All results", study.rows and details(f"{len(study.rows)} rows ({source})", results.html())),
+        ("Cells", study.cells and cells_html(study)),
+        ("Study config", study.config and config_html(study.config)),
+    ]  # fmt: skip
     subtitle = f"{study.path.resolve()} · {len(study.rows)} result rows"
     if study.cells:  # a results.csv copied on its own (docs/results/) has no cells to count
         subtitle += f" · {sum(c.run is not None for c in study.cells)}/{len(study.cells)} cells with logs"
     return page(f"Study report: {study.path.name}", subtitle, study.warnings, sections)
 
 
-def _cells_html(study: StudyData) -> str:
+def cells_html(study: StudyData) -> str:
     rows = [
         [c.name, c.objective, c.staleness, c.seed, c.lr, len(c.run) if c.run else 0,
          c.run.last("reward/mean") if c.run else float("nan"),
@@ -187,7 +175,7 @@ def _cells_html(study: StudyData) -> str:
     common, varying = tables.config_split([c.run.config for c in study.cells if c.run is not None])
     if varying:
         shown = [
-            [k, ", ".join(tables.fmt(v) for v in vs[:12]) + (" …" if len(vs) > 12 else "")]
+            [k, ", ".join(map(tables.fmt, vs[:12])) + (" …" if len(vs) > 12 else "")]
             for k, vs in varying.items()
         ]
         html += "<p>Config keys that vary across cells:</p>" + Table(["key", "values"], shown).html()
@@ -196,14 +184,16 @@ def _cells_html(study: StudyData) -> str:
     return html
 
 
-def _config_html(config: dict[str, Any]) -> str:
-    if not config:
-        return "<p>No config.json.</p>"
+def config_html(config: dict[str, Any]) -> str:
+    # Both columns left-aligned: config values are mostly names and paths, not numbers to compare.
+    table = Table(
+        ["key", "value"], list(map(list, tables.flatten(config).items())), key_columns=2, id="config"
+    )
     raw = escape(json.dumps(config, indent=2, sort_keys=True, default=str))
-    return tables.config_table(config).html() + details("config.json", f"<pre>{raw}</pre>")
+    return table.html() + details("config.json", f"<pre>{raw}</pre>")
 
 
-def _anchor(name: str) -> str:
+def anchor(name: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in name.lower())
 
 

@@ -84,13 +84,21 @@ class RunData:
         return bool(np.isfinite(self.series(key)).any())
 
     def last(self, key: str) -> float:
-        """The last finite value of `key`, NaN if there is none."""
         finite = self.series(key)[np.isfinite(self.series(key))]
         return float(finite[-1]) if len(finite) else math.nan
 
     def final(self, key: str) -> float:
         """The study's "final" value of `key`: `asympo.study.final_mean` over the logged steps."""
         return final_mean(self.series(key).tolist())
+
+    @property
+    def staleness_counts(self) -> np.ndarray:  # [D+1] samples per staleness over all steps
+        return self.staleness_hist.sum(axis=0) if self.staleness_hist is not None else np.zeros(0)
+
+    @property
+    def staleness_mean(self) -> float:
+        counts = self.staleness_counts
+        return float((np.arange(len(counts)) * counts).sum() / counts.sum()) if counts.sum() > 0 else math.nan
 
     @property
     def eval_steps(self) -> np.ndarray:  # [E]
@@ -129,12 +137,11 @@ def load_run(path: str | Path) -> RunData:
     )
     scalars = {key: np.array([to_float(row.get(key)) for row in ordered]) for key in keys}
     hists = [h if isinstance(h := row.get("staleness/hist"), list) else [] for row in ordered]
-    hist = None
-    if any(hists):
-        hist = np.zeros((len(ordered), max(map(len, hists))))
-        for i, h in enumerate(hists):
-            hist[i, : len(h)] = [to_float(c) for c in h]
-        hist = np.nan_to_num(hist, nan=0.0)  # a count that is not a number counts nothing
+    width = max(map(len, hists), default=0)
+    # Padded with zeros to the widest; a count that is not a number counts nothing.
+    hist = (
+        np.nan_to_num([[to_float(c) for c in h] + [0.0] * (width - len(h)) for h in hists]) if width else None
+    )
     evals = _read_evals(path / EVAL_FILE, warnings) if (path / EVAL_FILE).is_file() else []
     config = read_json_dict(path / CONFIG_FILE, warnings)
     summary = read_json_dict(path / SUMMARY_FILE, warnings)
@@ -196,6 +203,10 @@ class ResultRow:
         """The value of a results.csv column (a field or an extra)."""
         return getattr(self, column) if column in FIELDS else self.extra.get(column)
 
+    def number(self, column: str) -> float:
+        """The value of a column as a float, NaN where it is not a number (or the row lacks it)."""
+        return value if isinstance(value := self.value(column), float) else math.nan
+
 
 FIELDS = (*REQUIRED_RESULT_COLUMNS, "lr")
 """The results.csv columns that are `ResultRow` fields; the others are its `extra`."""
@@ -231,31 +242,36 @@ class StudyData:
         """Objective labels in order of first appearance (the preset's order), results first, then cells."""
         return list(dict.fromkeys([*(r.objective for r in self.rows), *(c.objective for c in self.cells)]))
 
-    def rank(self, series: Series) -> tuple[int, float]:
-        """Sort key of a line or row: the study's objective order, then the learning rate."""
-        order = self.objectives
-        return order.index(series.objective) if series.objective in order else len(order), series.lr or 0.0
-
-    def groups(self, items: Iterable, with_lr: bool) -> dict[tuple[Series, int], list]:
-        """Result rows or cells by (objective[, lr] series, staleness), ordered by `rank`, then staleness."""
-        groups: dict[tuple[Series, int], list] = {}
+    def groups(self, items: Iterable, with_lr: bool | None = None) -> dict[tuple[Series, int], list]:
+        """This study's result rows or cells by (objective[, lr] series, staleness), in the order of
+        `objectives`, learning rate and staleness; split by learning rate when `with_lr` (by default: when
+        the results vary it)."""
+        split, order, groups = self.varies_lr if with_lr is None else with_lr, self.objectives, {}
         for item in items:
-            key = (Series(item.objective, item.lr if with_lr else None), item.staleness)
+            key = (Series(item.objective, item.lr if split else None), item.staleness)
             groups.setdefault(key, []).append(item)
-        return dict(sorted(groups.items(), key=lambda kv: (self.rank(kv[0][0]), kv[0][1])))
+        rank = {key: (order.index(key[0].objective), key[0].lr or 0.0, key[1]) for key in groups}
+        return dict(sorted(groups.items(), key=lambda kv: rank[kv[0]]))
 
     @property
     def staleness_levels(self) -> list[int]:
         return sorted({r.staleness for r in self.rows} | {c.staleness for c in self.cells})
 
     @property
-    def result_lrs(self) -> list[float]:
-        """The distinct learning rates of the results table (its optional `lr` column), sorted."""
+    def result_lrs(self) -> list[float]:  # the optional `lr` column of results.csv
         return sorted({r.lr for r in self.rows if r.lr is not None})
 
     @property
-    def cell_lrs(self) -> list[float]:
-        """The distinct learning rates of the cells (their `cell.json`), sorted."""
+    def varies_lr(self) -> bool:
+        return len(self.result_lrs) > 1
+
+    @property
+    def extra_columns(self) -> list[str]:
+        """The numeric extra columns of results.csv (e.g. start_pass1, wall_s)."""
+        return [k for k in self.columns if any(isinstance(r.extra.get(k), float) for r in self.rows)]
+
+    @property
+    def cell_lrs(self) -> list[float]:  # from the cells' cell.json
         return sorted({c.lr for c in self.cells if c.lr is not None})
 
 
@@ -323,7 +339,7 @@ def _read_results(file: Path, warnings: list[str]) -> tuple[list[ResultRow], lis
     rows: dict[tuple, ResultRow] = {}
     for index, (lineno, rec) in enumerate(records):
         try:
-            row = _parse_result(rec, columns)
+            row = _parse_result(rec)
         except (TypeError, ValueError) as exc:
             if index == len(records) - 1 and not text.endswith("\n"):
                 warnings.append(f"{file.name}: skipped a half-written last line ({lineno})")
@@ -336,29 +352,23 @@ def _read_results(file: Path, warnings: list[str]) -> tuple[list[ResultRow], lis
     return list(rows.values()), columns
 
 
-def _parse_result(rec: dict[str, str | None], columns: list[str]) -> ResultRow:
-    if None in rec or any(rec.get(c) is None for c in columns):
+def _parse_result(rec: dict[str | None, str | None]) -> ResultRow:
+    if None in rec or None in rec.values():  # csv.DictReader's marks of too many / too few fields
         raise ValueError(f"wrong number of fields: {rec!r}")
-    collapsed_text = str(rec["collapsed"]).strip().lower()
-    collapsed = True if collapsed_text in TRUE else False if collapsed_text in FALSE else None
-    if collapsed is None and collapsed_text not in NULLS:
+    collapsed = str(rec["collapsed"]).strip().lower()
+    if collapsed not in TRUE | FALSE | NULLS:
         raise ValueError(f"'collapsed' must be true/false, got {rec['collapsed']!r}")
     extra: dict[str, float | str] = {}
-    for column in (c for c in columns if c not in FIELDS):
+    for column in (c for c in rec if c not in FIELDS):
         try:
             extra[column] = csv_float(rec[column])
         except ValueError:
             extra[column] = str(rec[column])
     return ResultRow(
-        objective=str(rec["objective"]),
-        staleness=int(float(str(rec["staleness"]))),
-        seed=int(float(str(rec["seed"]))),
-        final_reward=csv_float(rec["final_reward"]),
-        final_pass1=csv_float(rec["final_pass1"]),
-        collapsed=collapsed,
-        lr=optional_float(rec.get("lr")),
-        extra=extra,
-    )
+        str(rec["objective"]), int(float(str(rec["staleness"]))), int(float(str(rec["seed"]))),
+        csv_float(rec["final_reward"]), csv_float(rec["final_pass1"]),
+        True if collapsed in TRUE else False if collapsed in FALSE else None, optional_float(rec.get("lr")), extra,
+    )  # fmt: skip
 
 
 def _row_from_cell(cell: CellRun, run: RunData) -> ResultRow:
@@ -495,17 +505,17 @@ def align(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.n
 
 @dataclass(frozen=True)
 class Summary:
-    """Mean and sample standard deviation (ddof=1) of the finite values; `missing` counts the NaNs."""
+    """Mean and sample standard deviation (ddof=1) of the `n` finite values; `missing` counts the NaNs."""
 
     mean: float
     std: float
     n: int
     missing: int = 0
 
-    def format(self, digits: int = 3) -> str:
+    def format(self) -> str:
         if self.n == 0:
             return "—"
-        return f"{self.mean:.{digits}f}" + (f" ± {self.std:.{digits}f}" if self.n > 1 else "")
+        return f"{self.mean:.3f}" + (f" ± {self.std:.3f}" if self.n > 1 else "")
 
 
 def summarize(values: list[float] | np.ndarray) -> Summary:

@@ -27,10 +27,13 @@ DPI, RAW_ALPHA, STEP_LABEL, OTHERS_PER_FIGURE = 100, 0.25, "optimiser step", 12
 # Fixed colours for the keys that appear together in several plots, so that "pos" is always green.
 KEY_COLORS = {"pos": "tab:green", "neg": "tab:red", "total": "tab:blue", "ratio": "tab:purple",
               "time/generate": "tab:orange", "time/wait": "tab:gray", "throughput/tokens_per_s": "tab:green",
-              "nll/len_corr": "tab:purple", "weight_min": "tab:green", "weight_max": "tab:red"}  # fmt: skip
+              "nll/len_corr": "tab:purple", "weight_min": "tab:green", "weight_max": "tab:red",
+              "staleness/max": "tab:red"}  # fmt: skip
 REWARD_COLOR, EVAL_COLOR = "tab:blue", "tab:orange"
 DASHED = {"time/wait", "staleness/max"}
 """Keys drawn dashed: they often coincide with another line of their panel (in a synchronous run)."""
+UNSMOOTHED = {"staleness/max"}
+"""Keys drawn as logged: a moving average of per-step maxima is no maximum."""
 
 
 @dataclass(frozen=True)
@@ -42,12 +45,15 @@ class Plot:
     caption: str
 
 
-def new_figure(nrows=1, ncols=1, *, panel=(6.4, 3.4), **subplot_kw) -> tuple[Figure, np.ndarray]:
-    """A constrained-layout figure of nrows × ncols panels of `panel` inches each; axes as a 2-D array."""
+def new_figure(panels=1, ncols=1, *, panel=(6.4, 3.4), **subplot_kw) -> tuple[Figure, np.ndarray]:
+    """A constrained-layout figure of `panels` panels of `panel` inches each, `ncols` across (the last
+    row's unused ones hidden); axes as a 2-D array."""
+    nrows = -(-panels // ncols)
     fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, **subplot_kw)
-    for ax in axes.flat:
+    for i, ax in enumerate(axes.flat):
         ax.grid(alpha=0.3)
+        ax.set_visible(i < panels)
     return fig, axes
 
 
@@ -68,7 +74,7 @@ def line(ax: Axes, x, y, *, label: str, color: str, window: int) -> bool:
     if not finite.any():
         return False
     style = "--" if label in DASHED else "-"
-    if window > 1:
+    if window > 1 and label not in UNSMOOTHED:
         ax.plot(x[finite], y[finite], color=color, alpha=RAW_ALPHA, linewidth=0.8, linestyle=style)
         ax.plot(x, smooth(y, window), color=color, linewidth=1.8, label=label, linestyle=style)
     else:
@@ -78,26 +84,21 @@ def line(ax: Axes, x, y, *, label: str, color: str, window: int) -> bool:
     return True
 
 
-def wants_log(*arrays: np.ndarray, spread: float = 30.0) -> bool:
-    """True when all finite values are positive and span more than `spread`× (a log axis reads better)."""
+def wants_log(*arrays: np.ndarray) -> bool:
+    """True when all finite values are positive and span more than 30× (a log axis reads better)."""
     values = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
     values = values[np.isfinite(values)]
-    return bool(len(values) >= 2 and (values > 0).all() and values.max() / values.min() > spread)
+    return bool(len(values) >= 2 and (values > 0).all() and values.max() / values.min() > 30)
 
 
-def legend(ax: Axes, **kw) -> None:
+def legend(ax: Axes) -> None:
     """A legend only when something is labelled (an empty legend warns)."""
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small", framealpha=0.8, **kw)
+        ax.legend(fontsize="small", framealpha=0.8)
 
 
 def empty_note(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="gray")
-
-
-def hide_unused(axes: np.ndarray, used: int) -> None:
-    for ax in list(axes.flat)[used:]:
-        ax.set_visible(False)
 
 
 # ------------------------------------------------------------------------------------------------- run
@@ -232,22 +233,27 @@ def plot_run(run: RunData, out_dir: Path, window: int | None = None) -> list[Plo
 def figure_plot(run: RunData, out_dir: Path, window: int, spec: RunFigure) -> Plot | None:
     if not any(run.has(k) for panel in spec.panels for k in panel.keys):
         return None
-    fig, axes = new_figure(spec.rows, len(spec.panels) // spec.rows, panel=spec.size, sharex=spec.rows > 1)
+    n = len(spec.panels)
+    fig, axes = new_figure(n, n // spec.rows, panel=spec.size, sharex=spec.rows > 1)
     for ax, panel in zip(axes.flat, spec.panels):
-        drawn = [k for k in panel.keys if line(ax, run.steps, run.series(k), label=run.key(k),
-                                               color=key_color(run.key(k)), window=window)]  # fmt: skip
-        if drawn:
-            for y, label in panel.hlines:
-                ax.axhline(y, color="gray", linestyle=":", linewidth=1, label=label or None)
-            if panel.log_if_wide and wants_log(*(run.series(k) for k in drawn)):
-                ax.set_yscale("log")
-        else:
-            empty_note(ax, "not logged: " + ", ".join(run.key(k) for k in panel.keys))
-        ax.set(title=panel.title, ylabel=panel.ylabel)
-        legend(ax, loc="best")
+        draw_panel(ax, run, panel, window)
     for ax in axes[-1]:
         ax.set_xlabel(STEP_LABEL)
     return save(fig, out_dir / f"{spec.stem}.png", spec.title, spec.caption)
+
+
+def draw_panel(ax: Axes, run: RunData, panel: Panel, window: int) -> None:
+    drawn = [k for k in panel.keys if line(ax, run.steps, run.series(k), label=run.key(k),
+                                           color=key_color(run.key(k)), window=window)]  # fmt: skip
+    if drawn:
+        for y, label in panel.hlines:
+            ax.axhline(y, color="gray", linestyle=":", linewidth=1, label=label or None)
+        if panel.log_if_wide and wants_log(*(run.series(k) for k in drawn)):
+            ax.set_yscale("log")
+    else:
+        empty_note(ax, "not logged: " + ", ".join(run.key(k) for k in panel.keys))
+    ax.set(title=panel.title, ylabel=panel.ylabel)
+    legend(ax)
 
 
 def reward_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
@@ -255,6 +261,7 @@ def reward_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
         return None
     fig, axes = new_figure(panel=(8.0, 4.0))
     ax = axes[0, 0]
+    ax.set(xlabel=STEP_LABEL, ylabel="reward", title="Training reward and held-out pass@1")
     x, mean = run.steps, run.series("reward/mean")
     line(ax, x, mean, label="train reward (batch mean)", color=REWARD_COLOR, window=window)
     # Held-out accuracy shares the axis when rewards live in [0, 1] (the exact-answer tasks); otherwise
@@ -274,17 +281,12 @@ def reward_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
             eval_ax.plot(
                 *zip(*points), "s--", color=f"C{(i + 3) % 10}", markersize=4, linewidth=1, label=label
             )
-        eval_ax.set_ylabel("held-out accuracy" if not same_axis else "reward / held-out accuracy")
-    ax.set_xlabel(STEP_LABEL)
-    if not same_axis:
-        ax.set_ylabel("reward")
-        handles = [*ax.get_legend_handles_labels()[0], *eval_ax.get_legend_handles_labels()[0]]
-        ax.legend(handles=handles, fontsize="small", loc="best")
+        eval_ax.set_ylabel("reward / held-out accuracy" if same_axis else "held-out accuracy")
+    if same_axis:
+        legend(ax)
     else:
-        legend(ax, loc="best")
-        if not run.evals:
-            ax.set_ylabel("reward")
-    ax.set_title("Training reward and held-out pass@1")
+        handles = [*ax.get_legend_handles_labels()[0], *eval_ax.get_legend_handles_labels()[0]]
+        ax.legend(handles=handles, fontsize="small")
     return save(
         fig,
         out_dir / "reward.png",
@@ -294,34 +296,35 @@ def reward_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
     )
 
 
+STALENESS_PANEL = Panel(("staleness/mean", "staleness/max"), "Staleness per step", "staleness (versions)")
+
+
 def staleness_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
     hist, has_series = run.staleness_hist, run.has("staleness/mean") or run.has("staleness/max")
     if hist is None and not has_series:
         return None
-    fig, axes = new_figure(1, int(hist is not None) + int(has_series), panel=(5.4, 3.6))
+    panels = int(hist is not None) + int(has_series)
+    fig, axes = new_figure(panels, panels, panel=(5.4, 3.6))
     ax_iter = iter(axes.flat)
     if hist is not None:
         ax = next(ax_iter)
-        counts = hist.sum(axis=0)  # [D+1] samples per staleness over all steps
+        counts = run.staleness_counts
         total = counts.sum()
         levels = np.arange(len(counts))
         ax.bar(levels, counts / total if total > 0 else counts, color="tab:cyan", edgecolor="tab:blue")
         # At least levels 0..2 on the axis: a synchronous run's single bar would otherwise fill the panel.
         ax.set_xlim(-0.6, max(len(levels) - 1, 2) + 0.6)
-        mean = float((levels * counts).sum() / total) if total > 0 else math.nan
+        mean = run.staleness_mean
         ax.axvline(mean, color="tab:red", linestyle="--", linewidth=1.2, label=f"mean {mean:.2f}")
-        ax.set_xlabel("staleness (learner version − sample version)")
-        ax.set_ylabel("fraction of trained samples")
-        ax.set_title(f"Staleness histogram ({int(total)} samples, {len(run)} steps)")
+        ax.set(xlabel="staleness (learner version − sample version)", ylabel="fraction of trained samples",
+               title=f"Staleness histogram ({int(total)} samples, {len(run)} steps)")  # fmt: skip
         if len(levels) <= 20:
             ax.set_xticks(np.arange(max(len(levels), 3)))
         legend(ax)
     if has_series:
         ax = next(ax_iter)
-        for key, color, w in (("staleness/mean", "tab:blue", window), ("staleness/max", "tab:red", 1)):
-            line(ax, run.steps, run.series(key), label=key, color=color, window=w)
-        ax.set(xlabel=STEP_LABEL, ylabel="staleness (versions)", title="Staleness per step")
-        legend(ax)
+        draw_panel(ax, run, STALENESS_PANEL, window)
+        ax.set_xlabel(STEP_LABEL)
     return save(
         fig,
         out_dir / "staleness.png",
@@ -333,24 +336,20 @@ def staleness_plot(run: RunData, out_dir: Path, window: int) -> Plot | None:
 
 def other_metrics_plots(run: RunData, out_dir: Path, window: int) -> list[Plot]:
     """Every other logged scalar (entropy, KL, user-objective metrics, ...) in a grid of small panels."""
-    claimed = {"reward/mean", "reward/std", "staleness/mean", "staleness/max"}
-    claimed |= {run.key(k) for spec in run_figures(run, 1) for panel in spec.panels for k in panel.keys}
+    panels = [STALENESS_PANEL, *(panel for spec in run_figures(run, 1) for panel in spec.panels)]
+    claimed = {"reward/mean", "reward/std", *(run.key(k) for panel in panels for k in panel.keys)}
     keys = [k for k in run.scalars if k not in claimed and run.has(k)]
     plots = []
     for page, start in enumerate(range(0, len(keys), OTHERS_PER_FIGURE)):
         chunk = keys[start : start + OTHERS_PER_FIGURE]
-        ncols = min(3, len(chunk))
-        fig, axes = new_figure(-(-len(chunk) // ncols), ncols, panel=(4.2, 2.8))
+        fig, axes = new_figure(len(chunk), min(3, len(chunk)), panel=(4.2, 2.8))
         for ax, key in zip(axes.flat, chunk):
             line(ax, run.steps, run.series(key), label=key, color="tab:blue", window=window)
             ax.set_title(key, fontsize="medium")
             ax.set_xlabel(STEP_LABEL, fontsize="small")
-        hide_unused(axes, len(chunk))
-        suffix = ("", "") if page == 0 else (f"_{page + 1}", f" ({page + 1})")
+        stem, title = ("", "") if page == 0 else (f"_{page + 1}", f" ({page + 1})")
         caption = "Every other scalar the run logged: " + ", ".join(chunk) + "."
-        plots.append(
-            save(fig, out_dir / f"other_metrics{suffix[0]}.png", f"Other metrics{suffix[1]}", caption)
-        )
+        plots.append(save(fig, out_dir / f"other_metrics{stem}.png", f"Other metrics{title}", caption))
     return plots
 
 
@@ -419,7 +418,7 @@ def plot_study(study: StudyData, out_dir: Path, window: int | None = None) -> li
     plots = []
     if study.rows:
         plots.append(final_vs_staleness_plot(study, out_dir, colors, styles))
-        if len(study.result_lrs) > 1:
+        if study.varies_lr:
             plots.append(final_vs_lr_plot(study, out_dir, colors))
     curves = (curves_plot(study, out_dir, colors, styles, curve, window) for curve in CURVES)
     return plots + [p for p in curves if p is not None]
@@ -433,21 +432,16 @@ def errorbar(ax: Axes, xs: list, summaries: list, **kw) -> None:
 
 def final_vs_staleness_plot(study: StudyData, out_dir: Path, colors: dict, styles: dict) -> Plot:
     # The final plots split by the results' learning rates, the curves by the cells'.
-    with_lr = len(study.result_lrs) > 1
     # Series in the order of results.csv (not `StudyData.groups`' order): the legend follows the file.
     groups: dict[Series, dict[int, list]] = defaultdict(lambda: defaultdict(list))
     for row in study.rows:
-        groups[Series(row.objective, row.lr if with_lr else None)][row.staleness].append(row)
+        groups[Series(row.objective, row.lr if study.varies_lr else None)][row.staleness].append(row)
     levels = study.staleness_levels
     span = (max(levels) - min(levels)) or 1.0
-    fig, axes = new_figure(1, 2, panel=(6.2, 4.2))
-    starts = [
-        s for r in study.rows if isinstance(s := r.extra.get("start_pass1"), float) and math.isfinite(s)
-    ]
-    for ax, field, ylabel in (
-        (axes[0, 0], "final_pass1", "final held-out pass@1"),
-        (axes[0, 1], "final_reward", "final training reward"),
-    ):
+    fig, axes = new_figure(2, 2, panel=(6.2, 4.2))
+    start = summarize([r.number("start_pass1") for r in study.rows]).mean
+    finals = {"final_pass1": "final held-out pass@1", "final_reward": "final training reward"}
+    for ax, (field, ylabel) in zip(axes.flat, finals.items()):
         for i, (series, by_level) in enumerate(groups.items()):
             # Spread the objectives a little along x so that their error bars do not overlap.
             offset = (i - (len(groups) - 1) / 2) * 0.015 * span
@@ -464,8 +458,8 @@ def final_vs_staleness_plot(study: StudyData, out_dir: Path, colors: dict, style
                     ax.plot(level + offset, v, marker, color=color, alpha=0.45, markersize=size)
             errorbar(ax, xs, summaries, color=color, linewidth=1.6, linestyle=styles.get(series.lr, "-"),
                      label=series.label())  # fmt: skip
-        if field == "final_pass1" and starts:
-            ax.axhline(np.mean(starts), color="gray", linestyle="--", linewidth=1, label="start (mean)")
+        if field == "final_pass1" and math.isfinite(start):
+            ax.axhline(start, color="gray", linestyle="--", linewidth=1, label="start (mean)")
         ax.set_xticks(levels)
         ax.set(xlabel="staleness (versions)", ylabel=ylabel, title=f"{ylabel.capitalize()} vs staleness")
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside right upper", fontsize="small")
@@ -480,7 +474,7 @@ def final_vs_staleness_plot(study: StudyData, out_dir: Path, colors: dict, style
 
 def final_vs_lr_plot(study: StudyData, out_dir: Path, colors: dict) -> Plot:
     levels = sorted({r.staleness for r in study.rows})
-    fig, axes = new_figure(*_grid(len(levels)), panel=(5.0, 3.8), sharey=True)
+    fig, axes = new_figure(*per_level(levels), panel=(5.0, 3.8), sharey=True)
     for ax, level in zip(axes.flat, levels):
         by_obj: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
         for r in study.rows:
@@ -494,8 +488,7 @@ def final_vs_lr_plot(study: StudyData, out_dir: Path, colors: dict) -> Plot:
         ax.set_xticks(tested, labels=[f"{lr:g}" for lr in tested])
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set(xlabel="learning rate", ylabel="final held-out pass@1", title=f"staleness {level}")
-        legend(ax, loc="best")
-    hide_unused(axes, len(levels))
+        legend(ax)
     return save(
         fig,
         out_dir / "final_vs_lr.png",
@@ -523,7 +516,7 @@ def curves_plot(
     levels = study.staleness_levels
     # One staleness level (an lr sweep): one wide panel, so many legend entries still leave room for it.
     panel = (7.2, 4.6) if len(levels) == 1 else (4.6, 3.4)
-    fig, axes = new_figure(*_grid(len(levels)), panel=panel, sharey=True)
+    fig, axes = new_figure(*per_level(levels), panel=panel, sharey=True)
     # Legend and drawing order follow the study's objective order, not the cells' directory names.
     groups = {
         key: [_curve_of(cell.run, spec.key) for cell in cells]
@@ -531,33 +524,36 @@ def curves_plot(
     }
     is_eval = spec.key == EVAL_KEY  # evaluations are few: markers, no smoothing
     smoothed = False
+    for (series, level), curves in groups.items():
+        ax = axes.flat[levels.index(level)]
+        steps, matrix = align(curves)
+        mean, std = nan_mean_std(matrix)
+        w = 1 if is_eval else (window or auto_window(len(steps)))
+        smoothed |= w > 1
+        m, s = smooth(mean, w), smooth(std, w)
+        color = colors[series.objective]
+        if w > 1:  # the unsmoothed seed mean, faint, under the smoothed line
+            finite = np.isfinite(mean)
+            ax.plot(steps[finite], mean[finite], color=color, alpha=RAW_ALPHA * 0.8, linewidth=0.7)
+        ax.plot(steps, m, color=color, linewidth=1.6, linestyle=styles.get(series.lr, "-"),
+                label=series.label(), marker="o" if is_eval else None, markersize=3)  # fmt: skip
+        if len(curves) > 1:
+            ax.fill_between(steps, m - s, m + s, color=color, alpha=0.12, linewidth=0)
+    log = spec.log_if_wide and wants_log(
+        *(np.concatenate([v for _, v in curves]) for curves in groups.values())
+    )
+    seen: dict[str, object] = {}  # legend label -> handle, over all panels
     for ax, level in zip(axes.flat, levels):
-        for series, curves in ((series, curves) for (series, lvl), curves in groups.items() if lvl == level):
-            steps, matrix = align(curves)
-            mean, std = nan_mean_std(matrix)
-            w = 1 if is_eval else (window or auto_window(len(steps)))
-            smoothed |= w > 1
-            m, s = smooth(mean, w), smooth(std, w)
-            color = colors[series.objective]
-            if w > 1:  # the unsmoothed seed mean, faint, under the smoothed line
-                finite = np.isfinite(mean)
-                ax.plot(steps[finite], mean[finite], color=color, alpha=RAW_ALPHA * 0.8, linewidth=0.7)
-            ax.plot(steps, m, color=color, linewidth=1.6, linestyle=styles.get(series.lr, "-"),
-                    label=series.label(), marker="o" if is_eval else None, markersize=3)  # fmt: skip
-            if len(curves) > 1:
-                ax.fill_between(steps, m - s, m + s, color=color, alpha=0.12, linewidth=0)
         if not ax.lines:
             empty_note(ax, "no data")
-        ax.set(title=f"staleness {level}", xlabel="optimiser step", ylabel=spec.ylabel)
-    hide_unused(axes, len(levels))
-    values = [np.concatenate([v for _, v in curves]) for curves in groups.values()]
-    for ax in axes.flat:
-        if spec.log_if_wide and wants_log(*values):
-            ax.set_yscale("log")
+        ax.set(
+            title=f"staleness {level}",
+            xlabel=STEP_LABEL,
+            ylabel=spec.ylabel,
+            yscale="log" if log else "linear",
+        )
         if spec.hline is not None:
             ax.axhline(spec.hline, color="gray", linestyle=":", linewidth=1)
-    seen: dict[str, object] = {}
-    for ax in axes.flat:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(label, handle)
     # A long legend goes under the panels, in columns, instead of squeezing them.
@@ -572,7 +568,6 @@ def curves_plot(
     return save(fig, out_dir / f"{spec.stem}.png", spec.title, caption)
 
 
-def _grid(panels: int) -> tuple[int, int]:
-    """Rows × columns for one panel per staleness level: at most three across, four as 2 × 2."""
-    ncols = 2 if panels == 4 else min(3, panels)
-    return -(-panels // ncols), ncols
+def per_level(levels: list[int]) -> tuple[int, int]:
+    """(panels, columns) for one panel per staleness level: at most three across, four as 2 × 2."""
+    return len(levels), 2 if len(levels) == 4 else min(3, len(levels))

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from asympo.report.data import ResultRow, RunData, Series, StudyData, Summary, summarize
+from asympo.report.data import ResultRow, RunData, StudyData, Summary, summarize
 from asympo.study import FINAL_FRACTION, final_tail
 
 DIAGNOSTICS = ("nll/pos", "nll/neg", "grad/norm_pos", "grad/norm_neg", "policy/entropy", "len/pos", "len/neg",
@@ -54,8 +54,8 @@ class Table:
         return "\n".join([line(self.headers), line(["---"] * len(self.headers)), *map(line, self.rows)])
 
 
-def fmt(value: Any, digits: int = 4) -> str:
-    """Numbers to at most `digits` significant digits (NaN → "—"); anything else via JSON / str."""
+def fmt(value: Any) -> str:
+    """Numbers to at most 4 significant digits (NaN → "—"); anything else via JSON / str."""
     if isinstance(value, bool) or value is None:
         return json.dumps(value)
     if isinstance(value, int | np.integer):
@@ -64,7 +64,7 @@ def fmt(value: Any, digits: int = 4) -> str:
         value = float(value)
         if not math.isfinite(value):
             return "—" if math.isnan(value) else str(value)
-        return f"{value:.{digits}g}"
+        return f"{value:.4g}"
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
@@ -75,7 +75,7 @@ def run_overview(run: RunData) -> Table:
     """Headline facts of a run: (label, formatted value) rows."""
     facts: list[list[str]] = [["steps logged", str(len(run))]]
     if len(run):
-        facts.append(["step range", f"{int(run.steps[0])} – {int(run.steps[-1])}"])
+        facts.append(["step range", f"{run.steps[0]} – {run.steps[-1]}"])
     if run.has("policy_version"):
         facts.append(["last policy version", fmt(run.last("policy_version"))])
     if run.has("reward/mean"):
@@ -88,21 +88,18 @@ def run_overview(run: RunData) -> Table:
         span = f"{fmt(first.pass1)} (step {first.step}) → {fmt(last.pass1)} (step {last.step})"
         facts.append(["held-out pass@1 first → last", span])
         facts.append(["best held-out pass@1", f"{fmt(best.pass1)} (step {best.step})"])
-    if run.staleness_hist is not None:
-        counts = run.staleness_hist.sum(axis=0)
-        if counts.sum() > 0:
-            mean = float((np.arange(len(counts)) * counts).sum() / counts.sum())
-            facts.append(["staleness mean / max", f"{mean:.2f} / {int(np.nonzero(counts)[0].max())}"])
-    elif run.has("staleness/mean"):
+    if (counts := run.staleness_counts).sum() > 0:
+        facts.append(["staleness mean / max", f"{run.staleness_mean:.2f} / {np.nonzero(counts)[0].max()}"])
+    elif run.staleness_hist is None and run.has("staleness/mean"):
         top = np.nanmax(run.series("staleness/max")) if run.has("staleness/max") else math.nan
-        mean = np.nanmean(run.series("staleness/mean"))
-        facts.append(["staleness mean / max", f"{fmt(mean)} / {fmt(top)}"])
+        facts.append(
+            ["staleness mean / max", f"{fmt(np.nanmean(run.series('staleness/mean')))} / {fmt(top)}"]
+        )
     if run.has("grad/clipped"):
         clipped = run.series("grad/clipped")
         share = f"{np.nanmean(clipped):.0%} ({int(np.nansum(clipped))} of {int(np.isfinite(clipped).sum())})"
         facts.append(["steps with gradient clipping active", share])
-    facts += [[f"summary: {key}", fmt(value)] for key, value in run.summary.items()]
-    return Table(["", "value"], facts)
+    return Table(["", "value"], facts + [[f"summary: {k}", fmt(v)] for k, v in run.summary.items()])
 
 
 def metrics_table(run: RunData) -> Table:
@@ -122,11 +119,6 @@ def evals_table(run: RunData) -> Table:
     return Table(["step", "pass@1", *labels, "n"], rows, id="evals")
 
 
-def config_table(config: dict[str, Any]) -> Table:
-    # Both columns left-aligned: config values are mostly names and paths, not numbers to compare.
-    return Table(["key", "value"], [list(kv) for kv in flatten(config).items()], key_columns=2, id="config")
-
-
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested dict → {"a.b.c": leaf}; lists stay leaves."""
     out: dict[str, Any] = {}
@@ -139,10 +131,8 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_split(configs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
-    """Split the flattened configs of several cells into keys shared by all and keys that vary.
-
-    Returns (common key → value, varying key → its distinct values in first-seen order).
-    """
+    """The flattened configs of several cells as (key → value shared by all, key → its distinct values in
+    first-seen order where they vary)."""
     flats = [flatten(c) for c in configs if c]
     common, varying = {}, {}
     for key in dict.fromkeys(k for f in flats for k in f):
@@ -159,22 +149,10 @@ def config_split(configs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[st
 
 # --------------------------------------------------------------------------------------------- studies
 
-Groups = dict[tuple[Series, int], list]
-"""(objective[, lr] series, staleness) → the result rows or cells of its seeds, in the study's order."""
-
-
-def result_groups(study: StudyData) -> Groups:
-    return study.groups(study.rows, with_lr=len(study.result_lrs) > 1)
-
-
-def extra_columns(study: StudyData) -> list[str]:
-    """The numeric extra columns of results.csv (e.g. start_pass1, wall_s)."""
-    return [k for k in study.columns if any(isinstance(r.extra.get(k), float) for r in study.rows)]
-
 
 def column(rows: list[ResultRow], name: str) -> Summary:
     """Mean ± std over seeds of a results.csv column (NaN for values that are not numbers)."""
-    return summarize([v if isinstance(v := r.value(name), float) else math.nan for r in rows])
+    return summarize([r.number(name) for r in rows])
 
 
 def collapse_text(rows: list[ResultRow]) -> str:
@@ -183,8 +161,8 @@ def collapse_text(rows: list[ResultRow]) -> str:
     return f"{sum(known)}/{len(known)}" if known else "?"
 
 
-def pivot(groups: Groups, text: Callable[[list], str], id: str = "") -> Table:
-    """Objective rows × staleness columns, each entry `text(the group's rows or cells)`."""
+def pivot(groups: dict, text: Callable[[list], str], id: str = "") -> Table:
+    """Objective rows × staleness columns of `StudyData.groups`, each entry `text(the group's items)`."""
     levels = sorted({level for _, level in groups})
     entries: dict[str, dict[int, str]] = {}
     for (series, level), items in groups.items():
@@ -193,7 +171,7 @@ def pivot(groups: Groups, text: Callable[[list], str], id: str = "") -> Table:
     return Table(["objective", *(f"staleness {lv}" for lv in levels)], rows, id=id)
 
 
-def column_pivot(groups: Groups, name: str, collapsed: str | None = None) -> Table:
+def column_pivot(study: StudyData, name: str, collapsed: str | None = None) -> Table:
     """`pivot` of a results.csv column; with `collapsed`, the collapsed seeds follow in brackets, as
     "(k/n{collapsed})"."""
 
@@ -201,17 +179,16 @@ def column_pivot(groups: Groups, name: str, collapsed: str | None = None) -> Tab
         value = column(rows, name).format()
         return value if collapsed is None else f"{value} ({collapse_text(rows)}{collapsed})"
 
-    return pivot(groups, text, "pivot")
+    return pivot(study.groups(study.rows), text, "pivot")
 
 
 def groups_table(study: StudyData) -> Table:
-    with_lr, extras = len(study.result_lrs) > 1, extra_columns(study)
-    lr = ["lr"] if with_lr else []
+    lr, extras = ["lr"] if study.varies_lr else [], study.extra_columns
     headers = ["objective", *lr, "staleness", "seeds", "final pass@1", "final reward", "collapsed", *extras]
     rows = []
-    for (series, level), group in result_groups(study).items():
+    for (series, level), group in study.groups(study.rows).items():
         pass1, reward, *more = (column(group, k).format() for k in ("final_pass1", "final_reward", *extras))
-        lr = [series.lr] if with_lr else []
+        lr = [series.lr] if study.varies_lr else []
         rows.append([series.objective, *lr, level, len(group), pass1, reward, collapse_text(group), *more])
     return Table(headers, rows, id="groups")
 
@@ -223,9 +200,10 @@ def diagnostic_tables(study: StudyData) -> list[tuple[str, Table]]:
     logged = [c for c in study.cells if c.run is not None]
     runs = [c.run for c in logged]
     specs = [
-        ("Best held-out pass@1 at any evaluation (start included)", _best_eval, bool(runs)),
-        ("Share of steps with gradient clipping active (mean of grad/clipped over the run)", _clipped_share,
-         any(run.has("grad/clipped") for run in runs)),
+        ("Best held-out pass@1 at any evaluation (start included)",
+         lambda run: max(filter(math.isfinite, run.eval_pass1), default=math.nan), bool(runs)),
+        ("Share of steps with gradient clipping active (mean of grad/clipped over the run)",
+         lambda run: summarize(run.series("grad/clipped")).mean, any(run.has("grad/clipped") for run in runs)),
     ]  # fmt: skip
     for key in DIAGNOSTICS:
         names = sorted({run.key(key) for run in runs if run.has(key)})
@@ -233,7 +211,7 @@ def diagnostic_tables(study: StudyData) -> list[tuple[str, Table]]:
         specs.append(
             (f"{what} at the end of training {END}", lambda run, key=key: run.final(key), bool(names))
         )
-    groups = study.groups(logged, with_lr=len(study.result_lrs) > 1)
+    groups = study.groups(logged)
     return [
         (heading, pivot(groups, lambda cells, value=value: summarize([value(c.run) for c in cells]).format()))
         for heading, value, present in specs
@@ -241,38 +219,27 @@ def diagnostic_tables(study: StudyData) -> list[tuple[str, Table]]:
     ]
 
 
-def _best_eval(run: RunData) -> float:
-    p = run.eval_pass1
-    return float(np.nanmax(p)) if len(p) and np.isfinite(p).any() else math.nan
-
-
-def _clipped_share(run: RunData) -> float:
-    clipped = run.series("grad/clipped")
-    return float(np.nanmean(clipped)) if np.isfinite(clipped).any() else math.nan
-
-
 def study_markdown(study: StudyData) -> str:
     """`summary.md` of a study: final held-out pass@1, final reward and the extra columns, per group."""
     if not study.rows:
         return f"# Study {study.path.name}\n\nNo results yet.\n"
-    groups, extras = result_groups(study), extra_columns(study)
+    seeds = ", ".join(map(str, sorted({r.seed for r in study.rows})))
     parts = [
         f"# Study {study.path.name}",
-        f"{len(study.rows)} cells; seeds {', '.join(map(str, sorted({r.seed for r in study.rows})))}. Every entry "
-        "is the mean ± sample standard deviation (ddof=1) over seeds.",
+        f"{len(study.rows)} cells; seeds {seeds}. Every entry is the mean ± sample standard deviation (ddof=1) "
+        "over seeds.",
         "## Final held-out pass@1 (collapsed seeds / seeds)",
-        column_pivot(groups, "final_pass1", collapsed="").markdown(),
+        column_pivot(study, "final_pass1", collapsed="").markdown(),
         f"## Final training reward {END}",
-        column_pivot(groups, "final_reward").markdown(),
+        column_pivot(study, "final_reward").markdown(),
     ]
-    for key in extras:
+    for key in study.extra_columns:
         if key != "wall_s":
-            parts += [f"## {key}", column_pivot(groups, key).markdown()]
+            parts += [f"## {key}", column_pivot(study, key).markdown()]
     for heading, table in diagnostic_tables(study):
         parts += [f"## {heading}", table.markdown()]
-    walls = [w for rows in groups.values() if (w := column(rows, "wall_s")).n] if "wall_s" in extras else []
-    if walls:
-        total = sum(w.mean * w.n for w in walls)
+    if (walls := column(study.rows, "wall_s")).n:
+        total = walls.mean * walls.n
         parts.append(
             f"Cell wall time: {total / 60:.1f} min in all (sum over cells, not the study's elapsed time)."
         )
