@@ -105,6 +105,8 @@ def lengths(args: argparse.Namespace) -> None:
     engine = TorchEngine.from_pretrained(model)
     sampling = SamplingParams(temperature=1.0, max_new_tokens=cfg.rollout.max_new_tokens, seed=0)
     correct, wrong, spreads = [], [], []
+    by_template: dict[str, list[float]] = {}
+    lines = {"Check: ": 0, "So the answer is ": 0}
     flat = []
     for start in range(0, len(problems), 32):
         flat += engine.generate([p.prompt for p in problems[start : start + 32]], sampling, n=args.n)
@@ -113,7 +115,11 @@ def lengths(args: argparse.Namespace) -> None:
         group = [len(o.text) for o in outs]
         spreads.append(statistics.pstdev(group))
         for o in outs:
-            (correct if math_reward(o.text, p.reference) == 1.0 else wrong).append(len(o.text))
+            reward = math_reward(o.text, p.reference)
+            (correct if reward == 1.0 else wrong).append(len(o.text))
+            by_template.setdefault(p.meta["template"], []).append(reward)
+            for start in lines:
+                lines[start] += start in o.text
     total = len(correct) + len(wrong)
     print(f"held-out {len(problems)} problems x {args.n} samples at T=1: pass@1 {len(correct) / total:.3f}")
     for name, xs in (("correct", correct), ("wrong", wrong)):
@@ -125,6 +131,10 @@ def lengths(args: argparse.Namespace) -> None:
             )
             print("           " + _histogram(xs))
     print(f"  within-group length std: mean {statistics.mean(spreads):.1f} chars")
+    print(
+        "  pass@1 by template: " + ", ".join(f"{t} {statistics.mean(r):.2f}" for t, r in by_template.items())
+    )
+    print("  samples with a line " + ", ".join(f"{k.strip()!r}: {v / total:.2f}" for k, v in lines.items()))
 
 
 def _histogram(xs: list[int], width: int = 20, top: int = 200) -> str:
