@@ -44,11 +44,6 @@ def _avg(cells: list[dict[str, float]], key: str) -> float:
     return statistics.mean(values) if values else float("nan")
 
 
-def _avg(cells: list[dict[str, float]], key: str) -> float:
-    values = [c[key] for c in cells if key in c]
-    return statistics.mean(values) if values else float("nan")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -243,9 +243,7 @@ class ReasoningConfig:
     @property
     def max_answer_chars(self) -> int:
         """Longest reference solution in characters, to size `max_new_tokens` (add 1 for EOS)."""
-        return max(
-            len(_render(t, n, self.extras)[1]) for t in self.templates for n in _tuples(t, self.max_number)
-        )
+        return _longest_solution(self.templates, self.max_number, self.extras)
 
 
 _NUMBER = re.compile(r"\d+")
@@ -262,6 +260,11 @@ def _tuples(template: str, max_number: int | None) -> tuple[tuple[int, ...], ...
     return tuple(
         n for n in tuples if max(map(int, _NUMBER.findall(_render(template, n, ())[1]))) <= max_number
     )
+
+
+@lru_cache(maxsize=16)
+def _longest_solution(templates: tuple[str, ...], max_number: int | None, extras: tuple[str, ...]) -> int:
+    return max(len(_render(t, n, extras)[1]) for t in templates for n in _tuples(t, max_number))
 
 
 def _extras_of(template: str, numbers: tuple[int, ...], extras: tuple[str, ...]) -> list[str]:

@@ -84,6 +84,7 @@ class RunData:
         return bool(np.isfinite(self.series(key)).any())
 
     def last(self, key: str) -> float:
+        """The last finite value of `key`, NaN if there is none."""
         finite = self.series(key)[np.isfinite(self.series(key))]
         return float(finite[-1]) if len(finite) else math.nan
 
@@ -365,10 +366,15 @@ def _parse_result(rec: dict[str | None, str | None]) -> ResultRow:
         except ValueError:
             extra[column] = str(rec[column])
     return ResultRow(
-        str(rec["objective"]), int(float(str(rec["staleness"]))), int(float(str(rec["seed"]))),
-        csv_float(rec["final_reward"]), csv_float(rec["final_pass1"]),
-        True if collapsed in TRUE else False if collapsed in FALSE else None, optional_float(rec.get("lr")), extra,
-    )  # fmt: skip
+        objective=str(rec["objective"]),
+        staleness=int(float(str(rec["staleness"]))),
+        seed=int(float(str(rec["seed"]))),
+        final_reward=csv_float(rec["final_reward"]),
+        final_pass1=csv_float(rec["final_pass1"]),
+        collapsed=True if collapsed in TRUE else False if collapsed in FALSE else None,
+        lr=optional_float(rec.get("lr")),
+        extra=extra,
+    )
 
 
 def _row_from_cell(cell: CellRun, run: RunData) -> ResultRow:
