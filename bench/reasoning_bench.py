@@ -15,13 +15,17 @@ wall time mostly measures the other jobs.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
+import re
 import resource
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+_STEP = re.compile(r"(\d+)([-+*/])(\d+)=(\d+)")
 
 
 def _cpu_s() -> float:
@@ -101,12 +105,17 @@ def lengths(args: argparse.Namespace) -> None:
             f"warm-up: {stats['parameters']:,} parameters, {stats['steps']} steps in {stats['seconds']:.0f} s, "
             f"kept step {stats['chosen_step']} (validation pass@1 {stats['val_pass1']})"
         )
-    problems = reasoning_problems(ReasoningConfig(**cfg.task.reasoning), "test")[: args.limit]
+    task = {**cfg.task.reasoning, **json.loads(args.task)}
+    problems = reasoning_problems(ReasoningConfig(**task), "test")[: args.limit]
     engine = TorchEngine.from_pretrained(model)
-    sampling = SamplingParams(temperature=1.0, max_new_tokens=cfg.rollout.max_new_tokens, seed=0)
+    sampling = SamplingParams(temperature=args.temperature, max_new_tokens=cfg.rollout.max_new_tokens, seed=0)
     correct, wrong, spreads = [], [], []
     by_template: dict[str, list[float]] = {}
     lines = {"Check: ": 0, "So the answer is ": 0}
+    steps, wrong_steps = (
+        collections.Counter(),
+        collections.Counter(),
+    )  # `a op b = c` written, and wrong, by op
     flat = []
     for start in range(0, len(problems), 32):
         flat += engine.generate([p.prompt for p in problems[start : start + 32]], sampling, n=args.n)
@@ -120,8 +129,15 @@ def lengths(args: argparse.Namespace) -> None:
             by_template.setdefault(p.meta["template"], []).append(reward)
             for start in lines:
                 lines[start] += start in o.text
+            for m in _STEP.finditer(o.text):
+                a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+                steps[op] += 1
+                wrong_steps[op] += {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else None}[op] != c
     total = len(correct) + len(wrong)
-    print(f"held-out {len(problems)} problems x {args.n} samples at T=1: pass@1 {len(correct) / total:.3f}")
+    print(
+        f"held-out {len(problems)} problems x {args.n} samples at T={args.temperature:g}: "
+        f"pass@1 {len(correct) / total:.3f}"
+    )
     for name, xs in (("correct", correct), ("wrong", wrong)):
         if xs:
             q = statistics.quantiles(xs, n=10) if len(xs) > 1 else xs * 9
@@ -134,7 +150,20 @@ def lengths(args: argparse.Namespace) -> None:
     print(
         "  pass@1 by template: " + ", ".join(f"{t} {statistics.mean(r):.2f}" for t, r in by_template.items())
     )
+    print(
+        "  wrong steps: "
+        + ", ".join(f"{op} {wrong_steps[op]}/{n} = {wrong_steps[op] / n:.2f}" for op, n in steps.items())
+    )
     print("  samples with a line " + ", ".join(f"{k.strip()!r}: {v / total:.2f}" for k, v in lines.items()))
+
+
+def rewards(args: argparse.Namespace) -> None:
+    """Mean training reward of the first and the last 10 steps of each metrics.jsonl (the lr-check table)."""
+    for path in args.metrics:
+        r = [json.loads(line)["reward/mean"] for line in Path(path).read_text().splitlines()]
+        print(
+            f"{path}: {len(r)} steps, reward {statistics.mean(r[:10]):.2f} -> {statistics.mean(r[-10:]):.2f}"
+        )
 
 
 def _histogram(xs: list[int], width: int = 20, top: int = 200) -> str:
@@ -171,7 +200,17 @@ def main() -> None:
     p.add_argument("--model", help="model directory (default: the cached reasoning warm-up)")
     p.add_argument("--n", type=int, default=4, help="samples per problem")
     p.add_argument("--limit", type=int, default=200, help="held-out problems")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)")
+    p.add_argument(
+        "--task",
+        default="{}",
+        help='JSON overrides of the preset\'s task.reasoning, e.g. \'{"n_train": 20000, "max_number": null, '
+        "\"extras\": []}' for the first attempt's task",
+    )
     p.set_defaults(func=lengths)
+    p = sub.add_parser("rewards", help="training reward of the first and last 10 steps of cells")
+    p.add_argument("metrics", nargs="+", help="metrics.jsonl files (e.g. docs/results/reasoning-lr/*.jsonl)")
+    p.set_defaults(func=rewards)
     args = parser.parse_args()
     args.func(args)
 
