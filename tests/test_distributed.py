@@ -7,7 +7,16 @@ import json
 import pytest
 import torch
 
-from asympo.distributed import SINGLE, DistContext, ParallelConfig, RankFailed, launch, load_sharded
+from asympo.distributed import (
+    SINGLE,
+    DistContext,
+    ParallelConfig,
+    RankExit,
+    RankFailed,
+    describe_failures,
+    launch,
+    load_sharded,
+)
 from tests import dist_fns
 
 
@@ -50,6 +59,36 @@ def test_two_ranks_equal_one_process_and_checkpoint_round_trips(tmp_path):
     model = dist_fns.tiny_qwen2(seed=0)
     with pytest.raises(ValueError, match="procs=2"):
         load_sharded(tmp_path / "ckpt", model, torch.optim.AdamW(model.parameters()), SINGLE)
+
+
+RESET = "RuntimeError: [gloo/transport/tcp/pair.cc:534] Connection reset by peer"
+
+
+@pytest.mark.parametrize("first", [[1], [0, 1], [1, 0]])
+def test_the_rank_that_died_is_named_not_the_one_that_lost_its_peer(first):
+    # Whichever dead rank the OS reports first, rank 0's "connection reset" does not make it the cause.
+    exits = [RankExit(0, 1, RESET), RankExit(1, 3)]
+    msg = describe_failures(exits, first)
+    assert msg.startswith("learner rank 1 failed (exit code 3)")
+    assert msg.endswith("then rank 0 lost its peer (exit code 1)")
+
+
+def test_failure_message_names_signals_exceptions_and_stopped_ranks():
+    exits = [RankExit(0, -15, stopped=True), RankExit(1, 0), RankExit(2, -9)]
+    msg = describe_failures(exits, [2])
+    assert msg == (
+        "learner rank 2 failed (killed by SIGKILL, often the out-of-memory killer); "
+        "then rank 0 was stopped by the launcher"
+    )
+    # Two ranks failing on their own are both named, the first found first; a lone peer loss is still named.
+    exits = [RankExit(0, 1, "ValueError: bad batch"), RankExit(1, 1, "OSError: disk full")]
+    assert describe_failures(exits, [1, 0]).startswith(
+        "learner rank 1 failed (exit code 1): OSError: disk full; learner rank 0"
+    )
+    assert (
+        describe_failures([RankExit(0, 1, RESET), RankExit(1, 0)], [0])
+        == f"learner rank 0 failed (exit code 1): {RESET}"
+    )
 
 
 @pytest.mark.slow

@@ -9,9 +9,9 @@ normalising by the *global* response and token counts (`DistContext.reduce_sum`)
 equals the single-process gradient for every aggregation mode. FSDP2 averages gradients over the ranks, so a
 rank's loss is multiplied by the world size (gloo cannot do FSDP2's pre-multiplied sum).
 
-Launch: `asympo train` starts the ranks itself with torch's elastic launcher when `learner.parallel.procs > 1`
-(`torchrun --nproc-per-node N -m asympo train ...` works as well). A rank that dies ends the run with an
-error naming the rank.
+Launch: `asympo train` starts the ranks itself when `learner.parallel.procs > 1` (`launch`: spawned processes
+with torchrun's environment; `torchrun --nproc-per-node N -m asympo train ...` works as well). A rank that dies ends the run with an
+error naming the rank that died first, not the ranks that only lost their peer.
 
 Checkpoints: sharded with `torch.distributed.checkpoint` in safetensors files (its Hugging Face storage
 format: nothing is unpickled), model and optimiser together; rank 0 also exports consolidated HF weights.
@@ -20,7 +20,12 @@ format: nothing is unpickled), model and optimiser together; rank 0 also exports
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import signal
 import socket
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -322,36 +327,142 @@ class RankFailed(RuntimeError):
     """A learner rank died; the message names it, its exit code, and what to resume from."""
 
 
-def launch(entry, args: tuple, procs: int, *, resume_hint: str = "") -> Any:
-    """Run `entry(*args)` on `procs` local ranks with torch's elastic launcher; returns rank 0's result.
+# A rank whose collective lost its peer ends with one of these: it is a casualty of another rank's death,
+# not the cause, and must not be named as the rank that failed.
+_PEER_LOST = re.compile(
+    r"connection (reset|closed) by peer|broken pipe|connection refused|socket closed|peer .*(closed|lost|died)"
+    r"|remote process exited|NCCL communicator was aborted",
+    re.IGNORECASE,
+)
 
-    A rank that fails (an exception, or killed) ends every rank; the error names it (and its exception,
-    when `entry` is decorated with `torch.distributed.elastic.multiprocessing.errors.record`).
-    """
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    config = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=procs,
-        rdzv_backend="c10d",
-        rdzv_endpoint=f"127.0.0.1:{free_port()}",
-        run_id=f"asympo-{os.getpid()}",
-        max_restarts=0,
-        monitor_interval=0.5,
-        start_method="spawn",
+@dataclass(frozen=True)
+class RankExit:
+    """How one rank ended: its exit code (negative: the signal), its exception, whether the launcher
+    stopped it after another rank had failed."""
+
+    rank: int
+    exitcode: int
+    error: str = ""
+    stopped: bool = False
+
+    @property
+    def how(self) -> str:
+        if self.exitcode >= 0:
+            return f"exit code {self.exitcode}"
+        try:
+            name = signal.Signals(-self.exitcode).name
+        except ValueError:
+            name = f"signal {-self.exitcode}"
+        hint = ", often the out-of-memory killer" if name == "SIGKILL" else ""
+        return f"killed by {name}{hint}"
+
+    @property
+    def casualty(self) -> bool:
+        """Ended because another rank had died (stopped by us, or its collective lost the peer)."""
+        return self.stopped or bool(_PEER_LOST.search(self.error))
+
+
+def describe_failures(exits: list[RankExit], first: list[int]) -> str:
+    """The message of `RankFailed`: the ranks that failed on their own first (among those found dead at the
+    first failure, `first`, then any other), the ranks that only lost their peers after it.
+
+    Which dead rank the operating system reports first is a race, so a rank whose error says its peer went
+    away is never named as the cause while a rank without one exists."""
+    failed = [e for e in exits if e.exitcode != 0]
+    order = {r: i for i, r in enumerate(first)}
+    failed.sort(key=lambda e: (order.get(e.rank, len(order)), e.rank))
+    causes = [e for e in failed if not e.casualty] or [e for e in failed if not e.stopped] or failed
+    parts = [f"learner rank {e.rank} failed ({e.how}){': ' + e.error if e.error else ''}" for e in causes]
+    after = [e for e in failed if e not in causes]
+    if after:
+        parts.append(
+            "then "
+            + ", ".join(
+                f"rank {e.rank} was stopped by the launcher"
+                if e.stopped
+                else f"rank {e.rank} lost its peer ({e.how})"
+                for e in after
+            )
+        )
+    return "; ".join(parts)
+
+
+def _rank_main(rank: int, procs: int, port: int, run_dir: str, entry, args: tuple) -> None:
+    """A spawned rank: the environment torchrun would give it, then `entry(*args)`; an exception is written
+    where the launcher reads it, rank 0's result is pickled for it."""
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(procs),
+        LOCAL_WORLD_SIZE=str(procs),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
     )
     try:
-        results = elastic_launch(config, entry)(*args)
-    except ChildFailedError as e:
-        parts = []
-        for rank, failure in sorted(e.failures.items()):
-            code = failure.exitcode
-            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-            msg = failure.message  # the exception when `entry` is decorated with elastic's @record
-            msg = msg.get("message", "") if isinstance(msg, dict) else msg
-            msg = "" if not isinstance(msg, str) or msg.startswith("To enable traceback") else msg
-            parts.append(f"learner rank {rank} failed ({how}){': ' + msg.splitlines()[0] if msg else ''}")
-        raise RankFailed("; ".join(parts) + (f". {resume_hint}" if resume_hint else "")) from None
-    return results[0]
+        result = entry(*args)
+    except BaseException as e:
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        Path(run_dir, f"rank{rank}.error").write_text(f"{type(e).__name__}: {first_line}".rstrip(": "))
+        raise
+    if rank == 0:
+        with open(Path(run_dir, "result.pkl"), "wb") as f:
+            pickle.dump(result, f)
+
+
+def _stop(procs: list, grace_s: float) -> set[int]:
+    """Let the remaining ranks end by themselves for `grace_s`, then terminate (and kill) them; returns the
+    ranks it had to stop."""
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    stopped = {r for r, p in enumerate(procs) if p.is_alive()}
+    for r in stopped:
+        procs[r].terminate()
+    for r in stopped:
+        procs[r].join(10)
+        if procs[r].is_alive():
+            procs[r].kill()
+            procs[r].join()
+    return stopped
+
+
+def launch(entry, args: tuple, procs: int, *, resume_hint: str = "", grace_s: float = 5.0) -> Any:
+    """Run `entry(*args)` on `procs` local ranks (spawned processes with torchrun's environment); returns
+    rank 0's result.
+
+    A rank that fails (an exception, or killed) ends every rank: the others get `grace_s` to end by
+    themselves, then are terminated. `RankFailed` names the rank that failed first with its exit code or
+    signal and its exception, not the ranks that only lost their peer (`describe_failures`).
+    """
+    import multiprocessing.connection
+
+    ctx = torch.multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="asympo-ranks-") as run_dir:
+        port = free_port()
+        ranks = [
+            ctx.Process(
+                target=_rank_main, args=(r, procs, port, run_dir, entry, args), name=f"asympo-rank{r}"
+            )
+            for r in range(procs)
+        ]
+        for p in ranks:
+            p.start()
+        first: list[int] = []
+        try:
+            pending = {p.sentinel: r for r, p in enumerate(ranks)}
+            while pending and not first:
+                for s in multiprocessing.connection.wait(list(pending)):
+                    ranks[pending.pop(s)].join()
+                first = [r for r, p in enumerate(ranks) if p.exitcode not in (None, 0)]
+        finally:
+            stopped = _stop(ranks, grace_s if first else 0.0)
+        if not first:
+            with open(Path(run_dir, "result.pkl"), "rb") as f:
+                return pickle.load(f)
+        errors = {r: Path(run_dir, f"rank{r}.error") for r in range(procs)}
+        exits = [
+            RankExit(r, p.exitcode, errors[r].read_text() if errors[r].exists() else "", r in stopped)
+            for r, p in enumerate(ranks)
+        ]
+    raise RankFailed(describe_failures(exits, first) + (f". {resume_hint}" if resume_hint else ""))

@@ -6,9 +6,9 @@
 All validation (names, paths, shapes of the config, engine/objective compatibility) happens before any
 model is loaded or process started. The runtime reports through callbacks and never imports the CLI.
 
-With `learner.parallel.procs = N > 1` (docs/scaling.md) `train()` starts N learner ranks with torch's
-elastic launcher (or, under `torchrun`, every rank enters `train()` itself). Rank 0 runs the loop below and
-owns the backend, scheduler, buffer, metrics, evaluation and checkpoint files; the other ranks follow
+With `learner.parallel.procs = N > 1` (docs/scaling.md) `train()` starts N learner ranks itself
+(`asympo.distributed.launch`; under `torchrun`, every rank enters `train()` itself). Rank 0 runs the loop
+below and owns the backend, scheduler, buffer, metrics, evaluation and checkpoint files; the other ranks follow
 (`_follow`): they receive each batch, take part in the sharded step, the weight gather and the sharded
 checkpoint writes. In-process callbacks cannot cross into the ranks, so they need procs=1.
 """
@@ -741,7 +741,7 @@ class _Order:
     path: str = ""
 
 
-@record  # the rank's exception reaches the launcher, which names it in RankFailed
+@record  # under torchrun, the rank's exception reaches torchrun's error file (our own launcher records it too)
 def _train_rank(cfg: TrainConfig, resume: bool, progress: bool) -> RunResult | None:
     """The entry point of a rank started by `launch` (module level, so spawn can import it)."""
     return train(cfg, resume=resume, progress=progress)
