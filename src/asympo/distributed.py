@@ -20,7 +20,6 @@ format: nothing is unpickled), model and optimiser together; rank 0 also exports
 from __future__ import annotations
 
 import os
-import pickle
 import re
 import signal
 import socket
@@ -388,9 +387,9 @@ def describe_failures(exits: list[RankExit], first: list[int]) -> str:
     return "; ".join(parts)
 
 
-def _rank_main(rank: int, procs: int, port: int, run_dir: str, entry, args: tuple) -> None:
-    """A spawned rank: the environment torchrun would give it, then `entry(*args)`; an exception is written
-    where the launcher reads it, rank 0's result is pickled for it."""
+def _rank_main(rank: int, procs: int, port: int, run_dir: str, result_conn, entry, args: tuple) -> None:
+    """A spawned rank: the environment torchrun would give it, then `entry(*args)`; its exception is written
+    where the launcher reads it, rank 0 sends its result through the launcher's pipe."""
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
@@ -406,8 +405,12 @@ def _rank_main(rank: int, procs: int, port: int, run_dir: str, entry, args: tupl
         Path(run_dir, f"rank{rank}.error").write_text(f"{type(e).__name__}: {first_line}".rstrip(": "))
         raise
     if rank == 0:
-        with open(Path(run_dir, "result.pkl"), "wb") as f:
-            pickle.dump(result, f)
+        result_conn.send(result)
+        # Tensors travel as shared memory this process serves: stay until the launcher has unpickled them.
+        try:
+            result_conn.recv()
+        except EOFError:
+            pass
 
 
 def _stop(procs: list, grace_s: float) -> set[int]:
@@ -438,28 +441,42 @@ def launch(entry, args: tuple, procs: int, *, resume_hint: str = "", grace_s: fl
     import multiprocessing.connection
 
     ctx = torch.multiprocessing.get_context("spawn")
+    results, result_conn = ctx.Pipe()  # rank 0 sends its result, the launcher acknowledges it
     with tempfile.TemporaryDirectory(prefix="asympo-ranks-") as run_dir:
         port = free_port()
         ranks = [
             ctx.Process(
-                target=_rank_main, args=(r, procs, port, run_dir, entry, args), name=f"asympo-rank{r}"
+                target=_rank_main,
+                args=(r, procs, port, run_dir, result_conn if r == 0 else None, entry, args),
+                name=f"asympo-rank{r}",
             )
             for r in range(procs)
         ]
         for p in ranks:
             p.start()
+        result_conn.close()  # rank 0 holds the only writer: its death ends the pipe
         first: list[int] = []
+        got: list = []
         try:
+            # Read rank 0's result as it comes (a large one would block its exit) while watching every rank.
             pending = {p.sentinel: r for r, p in enumerate(ranks)}
-            while pending and not first:
-                for s in multiprocessing.connection.wait(list(pending)):
-                    ranks[pending.pop(s)].join()
+            while (pending or not got) and not first:
+                waiting = list(pending) + ([results] if not got else [])
+                for ready in multiprocessing.connection.wait(waiting):
+                    if ready is results:
+                        try:
+                            got.append(results.recv())
+                            results.send(True)
+                        except EOFError:
+                            got.append(None)  # rank 0 ended without a result: its exit code says why
+                    else:
+                        ranks[pending.pop(ready)].join()
                 first = [r for r, p in enumerate(ranks) if p.exitcode not in (None, 0)]
         finally:
             stopped = _stop(ranks, grace_s if first else 0.0)
+            results.close()
         if not first:
-            with open(Path(run_dir, "result.pkl"), "rb") as f:
-                return pickle.load(f)
+            return got[0]
         errors = {r: Path(run_dir, f"rank{r}.error") for r in range(procs)}
         exits = [
             RankExit(r, p.exitcode, errors[r].read_text() if errors[r].exists() else "", r in stopped)
