@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -13,9 +14,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from bench_learner_step import make_batch, with_behavior_logp
 from bench_weight_sync import flat_shared_snapshot
 from benchlib import interleaved, random_model
+from study_paired import paired_rows
 
 from asympo.learner import collate
 from asympo.logprobs import causal_lm_logprobs
+from asympo.report.data import load_study
 
 
 def test_recomputed_behavior_logp_lands_on_the_response_tokens():
@@ -62,3 +65,20 @@ def test_interleaved_rotates_the_order_and_times_each_variant():
     assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]
     assert {k: len(v) for k, v in times.items()} == {"a": 4, "b": 4}
     assert all(t >= 0 for v in times.values() for t in v)
+
+
+def test_paired_rows_pair_seeds_and_measure_from_each_start(tmp_path):
+    (tmp_path / "results.csv").write_text(
+        "objective,staleness,seed,final_reward,final_pass1,collapsed,lr,start_pass1\n"
+        "naive,0,0,0.5,0.40,False,,0.50\n"
+        "naive,0,1,0.5,0.30,False,,0.40\n"
+        "asympo,0,0,0.5,0.45,False,,0.50\n"
+        "asympo,0,1,0.5,0.29,False,,0.40\n"
+    )
+    naive, asympo = paired_rows(load_study(tmp_path))
+    assert naive["vs"] is None and naive["moved"] == pytest.approx((-0.1, 0.0))
+    assert asympo["moved"] == pytest.approx((-0.08, 0.03))  # -0.05 and -0.11
+    # Seed 0: +0.05, seed 1: -0.01 against naive at the same seed.
+    assert asympo["vs"] == pytest.approx((0.02, 0.03)) and asympo["ahead"] == (1, 2)
+    with pytest.raises(SystemExit, match="--reference"):
+        paired_rows(load_study(tmp_path), "grpo")
