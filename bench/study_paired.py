@@ -29,14 +29,15 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return mean, se
 
 
-def paired_rows(study, reference: str = "naive") -> list[dict]:
+def paired_rows(study, reference: str = "naive", seeds: list[int] | None = None) -> list[dict]:
     """One dict per objective and staleness of `study` (`asympo.report.data.StudyData`): `moved` and `vs`
     as (mean, standard error) over seeds of final - start pass@1 and of final - reference's final at the
     same seed (None for the reference itself), `ahead` the seeds where it ended above the reference."""
     if study.varies_lr:
         raise SystemExit(f"{study.path}: the study varies the learning rate; pair within one rate instead")
-    final = {(r.objective, r.staleness, r.seed): r.final_pass1 for r in study.rows}
-    start = {(r.objective, r.staleness, r.seed): r.extra.get("start_pass1", math.nan) for r in study.rows}
+    rows = [r for r in study.rows if seeds is None or r.seed in seeds]
+    final = {(r.objective, r.staleness, r.seed): r.final_pass1 for r in rows}
+    start = {(r.objective, r.staleness, r.seed): r.extra.get("start_pass1", math.nan) for r in rows}
     if not any(o == reference for o, _, _ in final):
         raise SystemExit(f"{study.path}: no objective labelled {reference!r}; pass --reference")
     cells = collections.defaultdict(list)
@@ -68,8 +69,11 @@ def main() -> None:
     )
     parser.add_argument("study", type=Path, help="a study directory (its results.csv is read)")
     parser.add_argument("--reference", default="naive", help="the objective label to compare against")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", help="only these seeds (e.g. those another study has)"
+    )
     args = parser.parse_args()
-    rows = paired_rows(load_study(args.study), args.reference)
+    rows = paired_rows(load_study(args.study), args.reference, args.seeds)
     print(
         f"{'objective':<36} {'d':>3} {'seeds':>5}  {'final - start':>15}  {'vs ' + args.reference:>22}  ahead"
     )
