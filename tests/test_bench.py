@@ -15,6 +15,7 @@ from bench_learner_step import make_batch, with_behavior_logp
 from bench_weight_sync import flat_shared_snapshot
 from benchlib import interleaved, random_model
 from study_paired import paired_rows
+from study_rerun import rerun_rows
 
 from asympo.learner import collate
 from asympo.logprobs import causal_lm_logprobs
@@ -82,3 +83,21 @@ def test_paired_rows_pair_seeds_and_measure_from_each_start(tmp_path):
     assert asympo["vs"] == pytest.approx((0.02, 0.03)) and asympo["ahead"] == (1, 2)
     with pytest.raises(SystemExit, match="--reference"):
         paired_rows(load_study(tmp_path), "grpo")
+
+
+def test_rerun_rows_count_identical_cells_and_measure_the_others(tmp_path):
+    header = "objective,staleness,seed,final_reward,final_pass1,collapsed,lr\n"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "results.csv").write_text(
+        header + "naive,4,0,0.5,0.40,False,\nnaive,4,1,0.5,0.30,False,\nnaive,16,0,0.5,0.20,False,\n"
+        "naive,16,9,0.5,0.20,False,\n"
+    )
+    (tmp_path / "b" / "results.csv").write_text(
+        header + "naive,4,0,0.5,0.40,False,\nnaive,4,1,0.6,0.30,False,\nnaive,16,0,0.5,0.25,False,\n"
+    )
+    d4, d16 = rerun_rows(load_study(tmp_path / "a"), load_study(tmp_path / "b"))
+    # Seed 1 at d=4 kept its pass@1 but not its reward: not identical. Seed 9 is in one run only.
+    assert (d4["staleness"], d4["cells"], d4["identical"], d4["max_abs"]) == (4, 2, 1, 0.0)
+    assert (d16["cells"], d16["identical"]) == (1, 0)
+    assert d16["mean_abs"] == pytest.approx(0.05) and d16["max_abs"] == pytest.approx(0.05)
