@@ -3,8 +3,10 @@
     python bench/study_staleness.py runs/study-async-arithmetic
 
 For each staleness bound D of the study: the share of samples exactly D versions old, their mean staleness,
-and the learner's mean seconds per step spent waiting for data, training and (for the rollout side)
-generating. docs/results.md section 5 quotes its output.
+the mean staleness a fixed delay of D gives over the same steps (min(v, D) at step v: the reference the
+fixed-delay studies had), the share of steps whose batch mixes samples of different versions, and the
+learner's mean seconds per step spent waiting for data, training and (for the rollout side) generating.
+docs/results.md (section 5 and the `async` study) quotes its output.
 """
 
 from __future__ import annotations
@@ -17,14 +19,20 @@ from pathlib import Path
 
 
 def cell_staleness(cell: Path) -> dict[str, float]:
-    """Share at the bound, mean staleness and mean per-step times of one finished cell."""
+    """Share at the bound, mean staleness (and a fixed delay's over the same steps), share of steps with
+    mixed versions and mean per-step times of one finished cell."""
     bound = json.loads((cell / "cell.json").read_text())["staleness"]
     hist: collections.Counter[int] = collections.Counter()
     times = collections.defaultdict(list)
+    steps = mixed = 0
     for line in (cell / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(line)
-        for age, count in enumerate(rec.get("staleness/hist") or []):
+        step_hist = rec.get("staleness/hist") or []
+        for age, count in enumerate(step_hist):
             hist[age] += count
+        if step_hist:
+            steps += 1
+            mixed += sum(count > 0 for count in step_hist) > 1
         for key in ("time/wait", "time/train", "time/generate"):
             if rec.get(key) is not None:
                 times[key].append(rec[key])
@@ -35,6 +43,8 @@ def cell_staleness(cell: Path) -> dict[str, float]:
         "bound": bound,
         "at_bound": hist[bound] / n,
         "mean": sum(age * c for age, c in hist.items()) / n,
+        "fixed_mean": statistics.mean(min(v, bound) for v in range(steps)),
+        "mixed": mixed / steps,
         **{key: statistics.mean(v) for key, v in times.items()},
     }
 
@@ -57,13 +67,16 @@ def main() -> None:
             by_bound[stats["bound"]].append(stats)
     if not by_bound:
         raise SystemExit(f"{args.study}: no finished cells")
-    print("bound  cells  share at bound  mean staleness  wait s/step  train s/step  generate s/step")
+    print(
+        "bound  cells  share at bound  mean staleness  fixed-delay mean  mixed steps  wait s/step  "
+        "train s/step  generate s/step"
+    )
+    keys = ("at_bound", "mean", "fixed_mean", "mixed", "time/wait", "time/train", "time/generate")
     for bound, cells in sorted(by_bound.items()):
-        share, mean, wait, train, gen = (
-            _avg(cells, k) for k in ("at_bound", "mean", "time/wait", "time/train", "time/generate")
-        )
+        share, mean, fixed, mixed, wait, train, gen = (_avg(cells, k) for k in keys)
         print(
-            f"{bound:5d}  {len(cells):5d}  {share:14.3f}  {mean:14.2f}  {wait:11.3f}  {train:12.3f}  {gen:15.3f}"
+            f"{bound:5d}  {len(cells):5d}  {share:14.3f}  {mean:14.2f}  {fixed:16.2f}  {mixed:11.3f}  "
+            f"{wait:11.3f}  {train:12.3f}  {gen:15.3f}"
         )
 
 

@@ -16,6 +16,7 @@ from bench_weight_sync import flat_shared_snapshot
 from benchlib import interleaved, random_model
 from study_paired import paired_rows
 from study_rerun import rerun_rows
+from study_staleness import cell_staleness
 
 from asympo.learner import collate
 from asympo.logprobs import causal_lm_logprobs
@@ -101,3 +102,16 @@ def test_rerun_rows_count_identical_cells_and_measure_the_others(tmp_path):
     assert (d4["staleness"], d4["cells"], d4["identical"], d4["max_abs"]) == (4, 2, 1, 0.0)
     assert (d16["cells"], d16["identical"]) == (1, 0)
     assert d16["mean_abs"] == pytest.approx(0.05) and d16["max_abs"] == pytest.approx(0.05)
+
+
+def test_cell_staleness_against_a_fixed_delay_over_the_same_steps(tmp_path):
+    (tmp_path / "cell.json").write_text('{"objective": "naive", "staleness": 2, "seed": 0}')
+    steps = [[4], [0, 4], [2, 0, 2], [0, 0, 4]]  # staleness/hist per step; step 2 mixes versions
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(f'{{"step": {i}, "staleness/hist": {h}, "time/train": 1.0}}\n' for i, h in enumerate(steps))
+    )
+    stats = cell_staleness(tmp_path)
+    assert stats["at_bound"] == pytest.approx(6 / 16) and stats["mean"] == pytest.approx(1.0)
+    # A fixed delay of 2 over 4 steps: staleness 0, 1, 2, 2.
+    assert stats["fixed_mean"] == pytest.approx(1.25) and stats["mixed"] == pytest.approx(0.25)
+    assert stats["time/train"] == 1.0
