@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import operator
 from pathlib import Path
 
 from asympo.report.data import load_study
@@ -23,7 +24,7 @@ def rerun_rows(before, after) -> list[dict]:
     """One dict per staleness bound of the cells (objective, staleness, seed, lr) both `StudyData` hold:
     `cells`, `identical` (final pass@1 and final reward both equal), `mean_abs` and `max_abs` change of
     final pass@1 (0.0 when every cell is identical)."""
-    key = lambda r: (r.objective, r.staleness, r.seed, r.lr)  # noqa: E731
+    key = operator.attrgetter("objective", "staleness", "seed", "lr")
     old = {key(r): r for r in before.rows}
     by_bound = collections.defaultdict(list)
     for r in after.rows:
