@@ -22,6 +22,7 @@ from asympo.study import (
     parse_objective_spec,
     run_order,
     run_study,
+    warn_if_busy,
 )
 
 
@@ -85,17 +86,42 @@ def test_smoke_study_end_to_end(tmp_path, tiny_model_dir):
     assert {p: os.stat(p).st_mtime_ns for p in before} == before
 
 
-def test_unfinished_cell_is_rerun(tmp_path, tiny_model_dir):
+def test_unfinished_cell_is_rerun(tmp_path, tiny_model_dir, monkeypatch, caplog):
     study = smoke(tiny_model_dir)
     study.objectives = study.objectives[:1]
     study.staleness = [0]
     out = tmp_path / "study"
+    monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 64.0, 64.0))  # a machine busy with other work
     run_study(study, out, parallel=1, progress=False, report=False)
+    assert "already busy (1-minute load average 64.0" in caplog.text
+    caplog.clear()
+    run_study(study, out, parallel=1, progress=False, report=False)  # nothing left to run: no warning
+    assert "busy" not in caplog.text
     (cell,) = list((out / "cells").iterdir())
     (cell / "summary.json").unlink()  # as if it had been killed before finishing
     run_study(study, out, parallel=1, progress=False, report=False)
     assert (cell / "summary.json").exists()
     assert len((cell / "metrics.jsonl").read_text().splitlines()) == 3
+    assert "already busy" in caplog.text
+
+
+def test_a_busy_machine_is_named_before_the_cells_start(monkeypatch, caplog):
+    load = [0.9]
+    monkeypatch.setattr(os, "getloadavg", lambda: (load[0], 0.0, 0.0))
+    assert warn_if_busy(2, "fixed_delay") == 0.9 and not caplog.text  # under half a runnable process per CPU
+    load[0] = 1.0
+    warn_if_busy(2, "fixed_delay")
+    assert "load average 1.0 on 2 usable CPUs" in caplog.text and "wall_s will not compare" in caplog.text
+    caplog.clear()
+    warn_if_busy(2, "async")
+    assert "staleness an async cell sees depends on timing" in caplog.text
+
+    def no_load_average():
+        raise OSError("no /proc/loadavg")
+
+    monkeypatch.setattr(os, "getloadavg", no_load_average)
+    caplog.clear()
+    assert warn_if_busy(2, "async") is None and not caplog.text
 
 
 def test_identical_cells_of_another_study_are_reused_not_rerun(tmp_path, tiny_model_dir):

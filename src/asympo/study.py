@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
+import os
 import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -33,6 +35,8 @@ from asympo.files import atomic_write_text
 
 if TYPE_CHECKING:  # config imports the learner (torch); `asympo report` reads studies without it
     from asympo.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 RESULT_COLUMNS = [
     "objective",
@@ -430,10 +434,12 @@ def run_study(
     cells = cells_of(study)
     configs = {c.name: cell_config(study, c, out) for c in cells}  # validates every cell before any work
     atomic_write_text(out / "study.json", json.dumps(asdict(study), indent=2))
+    from asympo.train import resolve_model_path, usable_cpus
+
+    if any(not (out / "cells" / c.name / "summary.json").exists() for c in cells):
+        warn_if_busy(usable_cpus(), study.mode)  # before the warm-up below, which loads the CPUs itself
 
     # The SFT warm-up is shared: do it once here so parallel cells don't race to build it.
-    from asympo.train import resolve_model_path
-
     resolve_model_path(next(iter(configs.values())), progress=progress)
 
     reusable = finished_cells([Path(r) for r in reuse]) if reuse else {}
@@ -459,8 +465,6 @@ def run_study(
             todo.append((c, info))
     todo.sort(key=lambda item: run_order(study, item[0]))
     bar = _StudyProgress(len(cells), len(rows), enabled=progress)
-    from asympo.train import usable_cpus
-
     threads = max(1, usable_cpus() // max(1, parallel))  # a cell's learner.threads, if set, wins
     t0 = time.monotonic()
     if todo:
@@ -486,6 +490,38 @@ def run_study(
 
         write_report(out)
     return path
+
+
+BUSY_LOAD = 0.5
+"""`warn_if_busy` warns from a 1-minute load average of this many runnable processes per usable CPU."""
+
+
+def warn_if_busy(cpus: int, mode: str) -> float | None:
+    """Warn when other work already keeps this machine busy, before a study starts its cells.
+
+    Cells share the CPUs with that work: they run slower, so their `wall_s` does not compare with a quiet
+    run's, and in `async` mode the staleness a cell sees depends on how fast its rollout process keeps up
+    with its learner, so its results change too. Two studies started side by side are the common case: each
+    sizes its cells' threads to every usable CPU. Returns the load average, None where the OS has none."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows; a /proc that cannot be read
+        return None
+    if load >= BUSY_LOAD * cpus:
+        effect = (
+            "the staleness an async cell sees depends on timing, so its results will differ from a quiet "
+            "run's"
+            if mode == "async"
+            else "cells will run slower and their wall_s will not compare with a quiet run's"
+        )
+        log.warning(
+            "this machine is already busy (1-minute load average %.1f on %d usable CPUs): %s. Stop the study "
+            "(Ctrl-C) and run the same command once the other work is done: it skips the finished cells.",
+            load,
+            cpus,
+            effect,
+        )
+    return load
 
 
 class _StudyProgress:
