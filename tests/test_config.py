@@ -48,11 +48,37 @@ def test_overrides():
             'learner.hparams={"neg_scale": 0.2}',
             r"neg_scale not valid for 'asympo'; valid: eps, rescale",
         ),
+        # A wrong kind or value of a known hparam: refused here, not at the first training step.
+        ('learner.hparams={"eps": "abc"}', r"learner.hparams: asympo: eps must be a number, got 'abc'"),
+        ('learner.hparams={"eps": true}', r"learner.hparams: asympo: eps must be a number, got True"),
+        ('learner.hparams={"rescale": 1}', r"learner.hparams: asympo: rescale must be a string, got 1"),
+        ('learner.hparams={"rescale": "batch"}', r"learner.hparams: asympo: rescale must be 'none' or"),
+        ('learner.hparams={"eps": 0}', r"learner.hparams: asympo: eps must be > 0, got 0"),
     ],
 )
 def test_validation_errors_name_the_field(override, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig.from_dict(apply_overrides(preset_dict("demo"), [override]))
+
+
+@pytest.mark.parametrize(
+    "objective,hparams,message",
+    [
+        ("spo", {"neg_scale": -1}, r"spo: neg_scale must be >= 0, got -1"),
+        ("spo", {"neg_scale": ""}, r"spo: neg_scale must be a number, got ''"),
+        ("grpo", {"clip_ratio_c": 0.5}, r"grpo: clip_ratio_c must be > 1, got 0.5"),
+        ("grpo", {"clip_ratio_c": "x"}, r"grpo: hparams \{'clip_ratio_c': 'x'\} fail on a dry run"),
+        ("tests.custom_objective:half_naive", {"factor": "2"}, r"half_naive: factor must be a number"),
+    ],
+)
+def test_objective_hparams_are_checked_before_any_work(objective, hparams, message):
+    d = apply_overrides(preset_dict("demo"), [f"learner.objective={objective}"])
+    d["learner"]["hparams"] = hparams
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_dict(d)
+    fine = {"spo": {"neg_scale": 1}, "grpo": {"clip_ratio_c": 3}}.get(objective, {"factor": 2})
+    d["learner"]["hparams"] = fine  # an int where the default is a float is a number too
+    assert TrainConfig.from_dict(d).learner.hparams == fine
 
 
 def test_behavior_corrected_objective_with_text_only_engine_is_rejected():

@@ -174,6 +174,8 @@ def test_study_cli_grid_overrides_are_validated_before_any_work(tmp_path):
 
     r = study("--objectives", "naive", "spo:nope=1", "--staleness", "0")
     assert r.returncode == 2 and "nope not valid for 'spo'" in r.stderr, r.stderr
+    r = study("--objectives", "spo:neg_scale=", "--staleness", "0")  # an empty value: text, not a number
+    assert r.returncode == 2 and "spo: neg_scale must be a number, got ''" in r.stderr, r.stderr
     r = study("--objectives", "bogus", "--staleness", "0")
     assert r.returncode == 2 and "bogus" in r.stderr and "Traceback" not in r.stderr
     r = study("--staleness", "-1")

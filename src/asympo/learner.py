@@ -50,6 +50,7 @@ from asympo.objectives import (
     LossContext,
     LossResult,
     ResponseTerms,
+    check_hparams,
     compute_loss,
     context_totals,
     get_objective,
@@ -127,6 +128,10 @@ class LearnerConfig:
             raise ValueError(
                 f"learner.hparams: {', '.join(unknown)} not valid for {self.objective!r}; valid: {valid}"
             )
+        try:
+            check_hparams(self.objective, self.hparams)  # a wrong type or value, before any work
+        except ValueError as e:
+            raise ValueError(f"learner.hparams: {e}") from e
         if self.agg not in AGG_MODES:
             raise ValueError(f"learner.agg must be one of {', '.join(AGG_MODES)}, got {self.agg!r}")
         if self.estimator not in ESTIMATORS and ":" not in self.estimator:

@@ -49,6 +49,7 @@ __all__ = [
     "Objective",
     "ResponseTerms",
     "aggregate",
+    "check_hparams",
     "compute_loss",
     "context_totals",
     "get_objective",
@@ -667,3 +668,25 @@ def policy_loss(
     metrics = response_metrics(res.terms, metric_prefix(name))
     metrics.update(res.objective_metrics)
     return res.loss, metrics
+
+
+def check_hparams(name: str, hparams: dict) -> None:
+    """Raise ValueError, naming the objective and the key, for hparams that objective `name` would refuse
+    only once training runs: a value of another kind than its default (a number where the default is a
+    float, an int for an int, true/false for a bool, text for a string; a default of None takes anything),
+    or a value the objective itself rejects on a dry run over two one-token responses (e.g. spo's negative
+    `neg_scale`). Unknown keys are the caller's to reject, with its own wording."""
+    objective = get_objective(name)
+    for key, value in hparams.items():
+        default = objective.hparams.get(key)
+        kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(type(default))
+        if kinds and not (isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))):
+            kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+            raise ValueError(f"{name}: {key} must be {kind[type(default)]}, got {value!r}")
+    logp = torch.full((2, 1), -1.0)  # [B=2, T=1]: one positive and one negative response
+    try:
+        compute_loss(name, logp, torch.ones(2, 1), torch.tensor([1.0, -1.0]), logp.clone(), **hparams)
+    except ValueError as e:  # the objective's own check: its message names the hparam
+        raise ValueError(str(e) if str(e).startswith(f"{name}:") else f"{name}: {e}") from e
+    except TypeError as e:  # e.g. text where a None default stands for a number
+        raise ValueError(f"{name}: hparams {hparams} fail on a dry run ({e})") from e
