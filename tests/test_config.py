@@ -54,6 +54,24 @@ def test_overrides():
         ('learner.hparams={"rescale": 1}', r"learner.hparams: asympo: rescale must be a string, got 1"),
         ('learner.hparams={"rescale": "batch"}', r"learner.hparams: asympo: rescale must be 'none' or"),
         ('learner.hparams={"eps": 0}', r"learner.hparams: asympo: eps must be > 0, got 0"),
+        # The nested settings dicts: a typo or a bad value is named here, not as a TypeError mid-run.
+        (
+            'task.arithmetic={"n_trian": 10}',
+            r"unknown config key\(s\) task.arithmetic.n_trian \(did you mean",
+        ),
+        ('task.arithmetic={"n_train": "x"}', r"task.arithmetic.n_train must be an integer"),
+        ('task.reasoning={"max_number": -1}', r"ReasoningConfig.max_number must be None or an int >= 1"),
+        ('sft={"step": 10}', r"unknown config key\(s\) sft.step; valid keys in sft: model, task, steps"),
+        ('sft={"lr": -1}', r"SFTConfig.lr must be > 0, got -1"),
+        ('sft={"task": {"bogus": 1}}', r"sft: .*unexpected keyword argument 'bogus'"),
+        (
+            'rollout.engine_kwargs={"max_batch": 4}',
+            r"unknown key\(s\) max_batch for the torch engine \(did you mean",
+        ),
+        ('rollout.engine_kwargs={"path": "x"}', r"unknown key\(s\) path for the torch engine"),
+        ("learner.adam_betas=[0.9, 1.0]", r"learner.adam_betas must both be in \[0, 1\), got \[0.9, 1.0\]"),
+        ("learner.estimator=nopkg.mod:fn", r"learner.estimator: estimator 'nopkg.mod:fn' cannot be imported"),
+        ("learner.estimator=mean", r"learner.estimator: unknown estimator 'mean'; valid estimators: dr_grpo"),
     ],
 )
 def test_validation_errors_name_the_field(override, message):
@@ -79,6 +97,24 @@ def test_objective_hparams_are_checked_before_any_work(objective, hparams, messa
     fine = {"spo": {"neg_scale": 1}, "grpo": {"clip_ratio_c": 3}}.get(objective, {"factor": 2})
     d["learner"]["hparams"] = fine  # an int where the default is a float is a number too
     assert TrainConfig.from_dict(d).learner.hparams == fine
+
+
+def test_engine_kwargs_are_checked_against_the_engines_own_arguments():
+    openai = ["rollout.engine=openai", "rollout.serve=true"]
+    d = apply_overrides(preset_dict("demo"), [*openai, 'rollout.engine_kwargs={"concurency": 4}'])
+    with pytest.raises(ValueError, match=r"concurency for the openai engine \(did you mean concurrency\?\)"):
+        TrainConfig.from_dict(d)
+    d = apply_overrides(preset_dict("demo"), [*openai, 'rollout.engine_kwargs={"concurrency": 4}'])
+    assert TrainConfig.from_dict(d).rollout.engine_kwargs == {"concurrency": 4}
+    d = apply_overrides(
+        preset_dict("demo"), ['rollout.engine_kwargs={"max_batch_size": 4, "use_kv_cache": false}']
+    )
+    assert TrainConfig.from_dict(d).rollout.engine_kwargs["max_batch_size"] == 4
+    # vllm passes the options it does not know to vllm.LLM: any key goes (vllm itself need not be installed).
+    d = apply_overrides(
+        preset_dict("demo"), ["rollout.engine=vllm", 'rollout.engine_kwargs={"enforce_eager": true}']
+    )
+    assert TrainConfig.from_dict(d).rollout.engine_kwargs == {"enforce_eager": True}
 
 
 def test_behavior_corrected_objective_with_text_only_engine_is_rejected():

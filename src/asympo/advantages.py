@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["ESTIMATORS", "constant_groups", "group_advantages", "register_estimator"]
+__all__ = ["ESTIMATORS", "constant_groups", "get_estimator", "group_advantages", "register_estimator"]
 
 EstimatorFn = Callable[[torch.Tensor], torch.Tensor]  # rewards [N, G] -> advantages [N, G]
 
@@ -56,7 +56,9 @@ def rloo(r: torch.Tensor) -> torch.Tensor:
     return (r - r.mean(-1, keepdim=True)) * (G / (G - 1))
 
 
-def _resolve(estimator: str) -> EstimatorFn:
+def get_estimator(estimator: str) -> EstimatorFn:
+    """A registered estimator by name, or a user function by import path `pkg.module:function`; ValueError
+    naming the valid ones (or why the import failed) otherwise."""
     if estimator in ESTIMATORS:
         return ESTIMATORS[estimator]
     if ":" in estimator:
@@ -104,7 +106,7 @@ def group_advantages(
     `estimator`: `grpo` (r - mean)/(std + 1e-6), `dr_grpo` r - mean, `rloo` leave-one-out, or an import
     path to `fn(rewards [N, G]) -> [N, G]`.
     """
-    fn = _resolve(estimator)
+    fn = get_estimator(estimator)
     r = _as_groups(rewards, group_size)
     adv = fn(r)
     if tuple(adv.shape) != tuple(r.shape):

@@ -94,6 +94,11 @@ class TaskConfig:
             )
         if self.chat_template_kwargs and self.template != "chat":
             raise ValueError("task.chat_template_kwargs is only used with task.template=chat")
+        from asympo.data.arithmetic import ArithmeticConfig
+        from asympo.data.reasoning import ReasoningConfig
+
+        for key, cls in (("arithmetic", ArithmeticConfig), ("reasoning", ReasoningConfig)):
+            _build(cls, getattr(self, key), f"task.{key}.")  # unknown keys and wrong types, named
 
     @property
     def reward_name(self) -> str:
@@ -150,6 +155,18 @@ class RolloutConfig:
     def __post_init__(self):
         if self.engine not in ENGINES:
             raise ValueError(f"rollout.engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.engine_kwargs:  # a typo would otherwise surface as a TypeError in a rollout worker
+            from asympo.engines.base import engine_options
+
+            options = engine_options(self.engine)
+            unknown = sorted(set(self.engine_kwargs) - options) if options is not None else []
+            if unknown:
+                close = difflib.get_close_matches(unknown[0], options, n=1, cutoff=0.6)
+                raise ValueError(
+                    f"rollout.engine_kwargs: unknown key(s) {', '.join(unknown)} for the {self.engine} engine"
+                    + (f" (did you mean {close[0]}?)" if close else "")
+                    + f"; valid: {', '.join(sorted(options))}"
+                )
         for name in (
             "num_workers",
             "prompts_per_step",
@@ -345,11 +362,32 @@ class TrainConfig:
                 "return; use rollout.engine=torch or vllm, or an objective that needs none (asympo, spo, naive)"
             )
         self.rollout.check_server()
+        if self.sft:  # only then: asympo.sft imports transformers
+            from asympo.sft import SFTConfig
+
+            unknown = sorted(set(self.sft) - {f.name for f in dataclasses.fields(SFTConfig)})
+            if unknown:
+                raise ValueError(
+                    f"unknown config key(s) {', '.join('sft.' + k for k in unknown)}; valid keys in sft: "
+                    + ", ".join(f.name for f in dataclasses.fields(SFTConfig))
+                )
+            try:
+                SFTConfig(**self.sft_settings())  # raises ValueError naming a bad value
+            except TypeError as e:  # a key of sft.task its task does not have
+                raise ValueError(f"sft: {e}") from e
         if self.learner.temperature != self.rollout.temperature:
             raise ValueError(
                 f"learner.temperature ({self.learner.temperature}) must equal rollout.temperature "
                 f"({self.rollout.temperature}) so the learner scores responses under the sampling distribution"
             )
+
+    def sft_settings(self) -> dict:
+        """The fields of the embedded model's `asympo.sft.SFTConfig`: `sft` over the task settings. The
+        warm-up learns the task RL then trains on: reasoning for task.name=reasoning, else arithmetic."""
+        if self.task.name == "reasoning":
+            task = {**self.task.reasoning, **self.sft.get("task", {})}
+            return {"task_name": "reasoning", **self.sft, "task": task}
+        return {**self.sft, "task": {**self.task.arithmetic, **self.sft.get("task", {})}}
 
     # ------------------------------------------------------------------ (de)serialisation
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-from asympo.advantages import ESTIMATORS, constant_groups, group_advantages
+from asympo.advantages import constant_groups, get_estimator, group_advantages
 from asympo.distributed import SINGLE, DistContext, ParallelConfig
 from asympo.logprobs import causal_lm_logprobs
 from asympo.objectives import (
@@ -134,11 +134,10 @@ class LearnerConfig:
             raise ValueError(f"learner.hparams: {e}") from e
         if self.agg not in AGG_MODES:
             raise ValueError(f"learner.agg must be one of {', '.join(AGG_MODES)}, got {self.agg!r}")
-        if self.estimator not in ESTIMATORS and ":" not in self.estimator:
-            raise ValueError(
-                f"learner.estimator must be one of {', '.join(sorted(ESTIMATORS))} or an import path, "
-                f"got {self.estimator!r}"
-            )
+        try:
+            get_estimator(self.estimator)  # an import path that does not import: now, not at the first step
+        except ValueError as e:
+            raise ValueError(f"learner.estimator: {e}") from e
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"learner.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
@@ -165,6 +164,8 @@ class LearnerConfig:
                 f"learner.gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}"
             )
         self.adam_betas = tuple(self.adam_betas)
+        if not all(0 <= b < 1 for b in self.adam_betas):
+            raise ValueError(f"learner.adam_betas must both be in [0, 1), got {list(self.adam_betas)}")
         if isinstance(self.parallel, dict):
             self.parallel = ParallelConfig(**self.parallel)
         if self.parallel.enabled:

@@ -83,12 +83,7 @@ def resolve_model_path(cfg: TrainConfig, progress: bool = True) -> str:
         return check_model_path(cfg.model.path, "model.path")
     from asympo.sft import SFTConfig, warmup
 
-    # The warm-up learns the task RL then trains on (arithmetic for any task but reasoning).
-    if cfg.task.name == "reasoning":
-        sft = {"task_name": "reasoning", **cfg.sft, "task": {**cfg.task.reasoning, **cfg.sft.get("task", {})}}
-    else:
-        sft = {**cfg.sft, "task": {**cfg.task.arithmetic, **cfg.sft.get("task", {})}}
-    return str(warmup(SFTConfig(**sft), progress=progress))
+    return str(warmup(SFTConfig(**cfg.sft_settings()), progress=progress))
 
 
 def load_policy(cfg: TrainConfig, model_path: str, ckpt: Path | None):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ __all__ = [
     "SamplingParams",
     "check_logprobs_support",
     "engine_class",
+    "engine_options",
     "make_engine",
 ]
 
@@ -184,6 +186,27 @@ def engine_class(kind: str) -> type:
             f"installed; install it with `pip install 'asympo[{spec.extra}]'`"
         )
     return getattr(importlib.import_module(spec.module), spec.cls)
+
+
+def engine_options(kind: str) -> frozenset[str] | None:
+    """The keyword arguments engine `kind` accepts from `rollout.engine_kwargs`: its constructor's and, for
+    an engine built by `from_pretrained` (torch), that method's. None when it accepts any: vllm hands the
+    ones it does not know to `vllm.LLM`. Imports the engine's module, not its optional dependency."""
+    if kind not in ENGINES:
+        raise ValueError(f"unknown engine kind {kind!r}; valid kinds: {sorted(ENGINES)}")
+    cls = getattr(importlib.import_module(ENGINES[kind].module), ENGINES[kind].cls)
+    init = inspect.signature(cls.__init__).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in init):
+        return None
+    if kind != "torch":
+        return frozenset(p.name for p in init if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)) - {
+            "self"
+        }
+    # The runtime builds a torch engine from the model path (`from_pretrained`), which loads the model and
+    # its tokenizer: those three are not the user's to pass.
+    named = [*init, *inspect.signature(cls.from_pretrained).parameters.values()]
+    keyword = {p.name for p in named if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return frozenset(keyword - {"self", "path", "model", "tokenizer"})
 
 
 def make_engine(kind: str, *, require_logprobs: bool = False, **kwargs: Any) -> Engine:
