@@ -224,6 +224,21 @@ def test_every_subcommand_has_a_help(capsys, command):
     assert capsys.readouterr().out.startswith(f"usage: asympo {command}")
 
 
+def test_every_option_of_every_subcommand_says_what_it_does():
+    import argparse
+
+    from asympo.cli import build_parser
+
+    (subcommands,) = (a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    silent = [
+        f"asympo {name} {'/'.join(action.option_strings) or action.dest}"
+        for name, parser in subcommands.choices.items()
+        for action in parser._actions
+        if not action.help and not isinstance(action, argparse._HelpAction)
+    ]
+    assert silent == []
+
+
 def test_help_config_lists_every_field_aligned(capsys):
     from asympo.config import describe
 

@@ -176,6 +176,15 @@ def test_study_cli_grid_overrides_are_validated_before_any_work(tmp_path):
     assert r.returncode == 2 and "nope not valid for 'spo'" in r.stderr, r.stderr
     r = study("--objectives", "spo:neg_scale=", "--staleness", "0")  # an empty value: text, not a number
     assert r.returncode == 2 and "spo: neg_scale must be a number, got ''" in r.stderr, r.stderr
+    for args, message in [
+        (["--seeds", "0", "0"], "study seeds must be distinct, got [0, 0]"),
+        (["--staleness", "4", "4"], "study staleness must be distinct, got [4, 4]"),
+        (["--parallel", "0"], "parallel (cells run at once) must be an int >= 1, got 0"),
+        (["--steps", "0"], "steps must be an int >= 1, got 0"),  # 0 is not "not given"
+    ]:
+        r = study("--preset", "smoke", *args)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "s" / "cells").exists()  # no cell started
     r = study("--objectives", "bogus", "--staleness", "0")
     assert r.returncode == 2 and "bogus" in r.stderr and "Traceback" not in r.stderr
     r = study("--staleness", "-1")

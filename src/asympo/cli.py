@@ -66,7 +66,7 @@ def _add_run_args(p: argparse.ArgumentParser, *, out_default: str | None) -> Non
     p.add_argument(
         "--model", metavar="PATH", help="HF model directory or hub id ('embedded' = built-in tiny model)"
     )
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seed of the data order, sampling and initialisation")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -338,7 +338,11 @@ def _cmd_study(args: argparse.Namespace) -> int:
         seeds=args.seeds or base.seeds,
         lrs=args.lrs or base.lrs,
         base=base.base,
-        overrides=[*base.overrides, *([f"steps={args.steps}"] if args.steps else []), *args.overrides],
+        overrides=[
+            *base.overrides,
+            *([f"steps={args.steps}"] if args.steps is not None else []),
+            *args.overrides,
+        ],
         collapse_fraction=base.collapse_fraction,
         mode=base.mode,
     )
@@ -411,9 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--temperature", type=float, help="0 = greedy (default 0, or the run's eval temperature)")
     p.add_argument("--max-new-tokens", type=int, help="default 512, or the run's rollout.max_new_tokens")
-    p.add_argument("--template", choices=["plain", "chat"], default="plain")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--template", choices=["plain", "chat"], default="plain", help="prompt template, with --model"
+    )
+    p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, ...")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser(
@@ -458,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a field of every cell's config",
     )
     p.add_argument("--list-presets", action="store_true", help="list the study presets")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per finished cell)")
     p.set_defaults(func=_cmd_study)
 
     # Listed here for `asympo --help`; `main` hands `asympo report ...` to asympo.report.main.

@@ -566,16 +566,26 @@ def add_serve_parser(sub) -> None:
     d = ServeConfig(model="")
     p.add_argument("--model", required=True, help="HF model directory to serve ('embedded': the demo model)")
     p.add_argument("--host", default=d.host, help="interface to bind (default loopback only)")
-    p.add_argument("--port", type=int, default=d.port)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--dtype", default=d.dtype, choices=("float32", "bfloat16", "float16"))
+    p.add_argument(
+        "--port", type=int, default=d.port, help=f"TCP port (0 picks a free one; default {d.port})"
+    )
+    p.add_argument("--device", default=d.device, help="torch device of the model: cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--dtype", default=d.dtype, choices=("float32", "bfloat16", "float16"), help="weights' dtype"
+    )
     p.add_argument("--served-name", default=d.served_name, help="model name clients send")
-    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
-    p.add_argument("--max-weights-bytes", type=int, default=d.max_weights_bytes)
-    p.add_argument("--max-n", type=int, default=d.max_n)
-    p.add_argument("--max-tokens", type=int, default=d.max_tokens)
-    p.add_argument("--max-prompts", type=int, default=d.max_prompts)
-    p.add_argument("--max-batch-size", type=int, default=None)
+    limits = {  # a request over one of these is refused with 400/413, naming the flag
+        "--max-body-bytes": (d.max_body_bytes, "largest completion request body, bytes"),
+        "--max-weights-bytes": (d.max_weights_bytes, "largest body of POST /asympo/weights, bytes"),
+        "--max-n": (d.max_n, "largest n (samples per prompt)"),
+        "--max-tokens": (d.max_tokens, "largest max_tokens"),
+        "--max-prompts": (d.max_prompts, "most prompts in one /v1/completions request"),
+    }
+    for flag, (default, what) in limits.items():
+        p.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
+    p.add_argument(
+        "--max-batch-size", type=int, default=None, help="rows decoded together (default: all of a request)"
+    )
     p.add_argument("--weights-root", default=None, help="allow loading weight directories under this path")
     p.add_argument("--parent-pid", type=int, default=None, help=argparse_suppress())
     p.set_defaults(func=_cmd_serve)

@@ -124,6 +124,10 @@ class StudyConfig:
             raise ValueError("a study needs at least one objective, one staleness level and one seed")
         if any(not isinstance(d, int) or d < 0 for d in self.staleness):
             raise ValueError(f"study staleness levels must be ints >= 0, got {self.staleness}")
+        for name in ("staleness", "seeds", "lrs"):  # a repeat would be one cell directory run twice
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"study {name} must be distinct, got {values}")
         if not 0 < self.collapse_fraction < 1:
             raise ValueError(f"collapse_fraction must be in (0, 1), got {self.collapse_fraction}")
         if self.mode not in STUDY_MODES:
@@ -429,6 +433,8 @@ def run_study(
 
     `reuse`: other study directories whose finished cells with an identical config (`find_reusable`) are
     copied instead of run again."""
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise ValueError(f"parallel (cells run at once) must be an int >= 1, got {parallel!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cells = cells_of(study)
