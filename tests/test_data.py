@@ -148,7 +148,8 @@ def test_local_jsonl_with_field_mapping(tmp_path):
         (
             ['{"q": "a", "reference": "1"}'],
             {"prompt": "question"},
-            r"line 1: missing field 'question' \(the prompt\)",
+            r"line 1: missing field 'question' \(the prompt\); the record has fields \['q', 'reference'\]; "
+            r"name your dataset's columns with task.fields",
         ),
         (['{"prompt": "a", "reference": null}'], None, r"line 1: field 'reference' .* got NoneType"),
         (['{"prompt": ["a"], "reference": "1"}'], None, r"line 1: field 'prompt' .* got list"),

@@ -83,11 +83,12 @@ def _read_parquet(path: Path) -> Iterator[tuple[int, Record]]:
     yield from enumerate(pq.read_table(path).to_pylist(), start=1)
 
 
-def _field(record: Record, key: str, where: str, role: str) -> str:
-    """`record[key]` as text; a missing or non-text field is a ValueError naming where and which."""
+def _field(record: Record, key: str, where: str, role: str, hint: str = "") -> str:
+    """`record[key]` as text; a missing or non-text field is a ValueError naming where and which (and, for
+    a missing one, `hint`)."""
     if key not in record:
         raise ValueError(
-            f"{where}: missing field {key!r} (the {role}); the record has fields {sorted(record)}"
+            f"{where}: missing field {key!r} (the {role}); the record has fields {sorted(record)}{hint}"
         )
     value = record[key]
     if isinstance(value, bool) or not isinstance(value, str | int | float):
@@ -155,6 +156,12 @@ def _check_fields(fields: Mapping[str, str] | None) -> dict[str, str]:
     return mapping
 
 
+FIELDS_HINT = (
+    """; name your dataset's columns with task.fields, e.g. --set task.fields='{"prompt": "question", """
+    """"reference": "answer"}'"""
+)
+
+
 def _map_records(
     records: Iterator[tuple[int, Record]], source: str, unit: str, fields: dict[str, str], prefix: str
 ):
@@ -162,8 +169,8 @@ def _map_records(
     used = set(fields.values())
     for number, record in records:
         where = f"{source}, {unit} {number}"
-        question = _field(record, fields["prompt"], where, "prompt")
-        reference = _field(record, fields["reference"], where, "reference")
+        question = _field(record, fields["prompt"], where, "prompt", FIELDS_HINT)
+        reference = _field(record, fields["reference"], where, "reference", FIELDS_HINT)
         pid = _field(record, fields["id"], where, "id") if "id" in fields else f"{prefix}/{number}"
         meta = {"question": question, **{k: v for k, v in record.items() if k not in used}}
         rows.append((pid, question, reference, meta))
