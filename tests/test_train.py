@@ -161,6 +161,12 @@ def cli(*args, timeout=120):
             ["eval", "--model", "embedded", "--dataset", "arith", "--device", "gpu"],
             "'gpu' is not a torch device",
         ),
+        # Before the embedded model's warm-up, which can take minutes.
+        (["eval", "--model", "embedded", "--dataset", "arith", "--n", "0"], "--n must be >= 1, got 0"),
+        (
+            ["eval", "--run", "OUT", "--temperature", "-1"],
+            "--temperature must be >= 0 (0 = greedy), got -1.0",
+        ),
     ],
 )
 def test_cli_errors_are_clear_and_early(args, message, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import math
 import os
 import shutil
 import sys
@@ -270,6 +271,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from asympo.train import check_device
 
     check_device(args.device, fix="--device cpu")
+    # Checked before a model is loaded (or the embedded one warmed up); None = the default or the run's.
+    for flag, value, low in (
+        ("--n", args.n, 1),
+        ("--limit", args.limit, 0),
+        ("--max-new-tokens", args.max_new_tokens, 1),
+    ):
+        if value is not None and value < low:
+            raise UserError(f"{flag} must be >= {low}, got {value}")
+    if args.temperature is not None and not 0 <= args.temperature < math.inf:
+        raise UserError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
     if (args.run is None) == (args.model is None):
         raise UserError("asympo eval needs exactly one of --model PATH (with --dataset) or --run DIR")
     defaults = {"n": 1, "limit": 0, "temperature": 0.0, "max_new_tokens": 512}
