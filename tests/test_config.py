@@ -99,6 +99,13 @@ def test_objective_hparams_are_checked_before_any_work(objective, hparams, messa
     assert TrainConfig.from_dict(d).learner.hparams == fine
 
 
+def test_task_settings_are_kept_as_checked_and_read_back_equal():
+    d = apply_overrides(preset_dict("demo"), ['task.arithmetic={"n_train": 1e3, "ops": ["+", "-"]}'])
+    cfg = TrainConfig.from_dict(d)
+    assert cfg.task.arithmetic == {"n_train": 1000, "ops": ["+", "-"]}  # what ArithmeticConfig(**...) takes
+    assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg
+
+
 def test_engine_kwargs_are_checked_against_the_engines_own_arguments():
     openai = ["rollout.engine=openai", "rollout.serve=true"]
     d = apply_overrides(preset_dict("demo"), [*openai, 'rollout.engine_kwargs={"concurency": 4}'])

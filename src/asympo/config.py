@@ -98,7 +98,10 @@ class TaskConfig:
         from asympo.data.reasoning import ReasoningConfig
 
         for key, cls in (("arithmetic", ArithmeticConfig), ("reasoning", ReasoningConfig)):
-            _build(cls, getattr(self, key), f"task.{key}.")  # unknown keys and wrong types, named
+            given = getattr(self, key)
+            built = _build(cls, given, f"task.{key}.")  # unknown keys and wrong types, named
+            # Kept as the checked values (1e3 → 1000), JSON-shaped so that config.json reads back equal.
+            setattr(self, key, json.loads(json.dumps({k: getattr(built, k) for k in given})))
 
     @property
     def reward_name(self) -> str:
