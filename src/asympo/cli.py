@@ -266,7 +266,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from asympo.engines.base import SamplingParams
     from asympo.engines.torch import TorchEngine
     from asympo.evaluate import evaluate
-    from asympo.modelpath import check_model_path
+    from asympo.modelpath import check_model_source
     from asympo.rewards import get_reward
     from asympo.train import check_device
 
@@ -298,7 +298,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
             model = resolve_model_path(TrainConfig(), progress=True)
         else:
-            model = check_model_path(model, "--model")
+            model = check_model_source(model, "--model")
         from asympo.config import TaskConfig
         from asympo.evaluate import load_task
 

@@ -615,6 +615,10 @@ def _cmd_serve(args) -> int:
         from asympo.train import resolve_model_path
 
         model = resolve_model_path(TrainConfig(), progress=True)
+    else:
+        from asympo.modelpath import check_model_source
+
+        model = check_model_source(model, "--model")
     cfg = ServeConfig(
         model=model,
         host=args.host,

@@ -55,7 +55,7 @@ from asympo.evaluate import load_task
 from asympo.learner import Learner, NonFiniteStepsError, master_dtype, resolve_precision
 from asympo.loggers import check_backends, make_loggers
 from asympo.lora import policy_copy, policy_state_dict
-from asympo.modelpath import check_model_path
+from asympo.modelpath import check_model_path, check_model_source
 from asympo.runtime.backend import Backend, WorkerSpec
 from asympo.runtime.records import Batch
 from asympo.runtime.scheduler import PromptScheduler
@@ -164,7 +164,7 @@ def validate(cfg: TrainConfig) -> None:
         if importlib.util.find_spec("ray") is None:
             raise ImportError("backend=ray needs Ray, which is not installed: pip install 'asympo[ray]'")
     if cfg.model.path != "embedded":
-        check_model_path(cfg.model.path, "model.path")
+        check_model_source(cfg.model.path, "model.path")
     check_device(cfg.model.device)
     check_backends(cfg.logging.backends)
     if Path(cfg.task.name).suffix.lower() in (".jsonl", ".parquet"):
