@@ -357,6 +357,19 @@ def test_shape_errors():
         policy_loss("naive", logp, mask, adv, agg="sum")
 
 
+def test_logits_or_probabilities_instead_of_log_probs_are_refused():
+    logp, mask, adv, behavior = make_batch(B=4, T=5)
+    with pytest.raises(ValueError, match=r"logp must hold log-probabilities \(<= 0\) where mask is set"):
+        policy_loss("asympo", logp.exp(), mask, adv)  # probabilities
+    with pytest.raises(ValueError, match=r"behavior_logp must hold log-probabilities .* not logits"):
+        policy_loss("grpo", logp, mask, adv, behavior_logp=-behavior)
+    padded = logp.masked_fill(mask == 0, 7.0)  # what padding holds does not matter
+    assert torch.equal(policy_loss("asympo", padded, mask, adv)[0], policy_loss("asympo", logp, mask, adv)[0])
+    rounded = logp.clone()
+    rounded[0, 0] = 0.1  # a token of probability ~1 whose log-prob bf16 rounding pushed a little above 0
+    assert torch.isfinite(policy_loss("asympo", rounded, mask, adv)[0])
+
+
 def test_custom_objective_by_import_path():
     logp, mask, adv, _ = make_batch()
     loss, m = policy_loss("tests.custom_objective:half_naive", logp, mask, adv, factor=0.5)

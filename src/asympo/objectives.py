@@ -417,6 +417,11 @@ def cispo(logp, mask, adv, behavior_logp, *, eps_high: float = 0.28, eps_low: fl
 # ----------------------------------------------------------------------------------------------
 
 
+LOGP_TOLERANCE = 0.5
+"""Largest log-probability `policy_loss` accepts: above 0 only by rounding (bf16's log_softmax of logits up
+to 64 is off by at most 0.125), far below what logits or probabilities reach."""
+
+
 def _check_inputs(logp, mask, advantages, behavior_logp, ref_logp, entropy) -> None:
     if not isinstance(logp, torch.Tensor) or logp.dim() != 2:
         raise ValueError(f"logp must be a 2-D tensor [B, T], got {_shape(logp)}")
@@ -430,6 +435,17 @@ def _check_inputs(logp, mask, advantages, behavior_logp, ref_logp, entropy) -> N
     for name, t in (("behavior_logp", behavior_logp), ("ref_logp", ref_logp), ("entropy", entropy)):
         if t is not None and (not isinstance(t, torch.Tensor) or tuple(t.shape) != (B, T)):
             raise ValueError(f"{name} must have the shape of logp [B, T] = [{B}, {T}], got {_shape(t)}")
+    for name, t in (("logp", logp), ("behavior_logp", behavior_logp), ("ref_logp", ref_logp)):
+        if t is not None and t.numel():
+            # Logits or probabilities passed by mistake would not fail otherwise: asympo's weight 1/NLL turns
+            # negative and flips the sign of the update. NaN passes (the learner's NaN guard handles it).
+            top = t.detach().float().masked_fill(mask == 0, -math.inf).max()
+            if top > LOGP_TOLERANCE:
+                raise ValueError(
+                    f"{name} must hold log-probabilities (<= 0) where mask is set, but its largest value "
+                    f"there is {top.item():.4g}: pass log_softmax(logits) at the sampled tokens, not logits "
+                    "or probabilities"
+                )
 
 
 def _shape(x) -> str:
@@ -649,7 +665,8 @@ def policy_loss(
     `kl_coef > 0` adds a k3 KL estimate to `ref_logp`; `entropy_coef > 0` subtracts the aggregated
     token entropy (pass `entropy`). `ctx` (optional) carries the whole batch's counts and statistics
     when these responses are only part of it. Raises ValueError naming the problem for an unknown
-    objective, hparam or agg, mismatched shapes, or a behavior-corrected objective without `behavior_logp`.
+    objective, hparam or agg, mismatched shapes, log-probabilities above 0 (logits or probabilities passed
+    by mistake), or a behavior-corrected objective without `behavior_logp`.
     """
     res = compute_loss(
         name,
