@@ -7,6 +7,7 @@ import json
 import pytest
 
 from asympo.config import TrainConfig, apply_overrides, describe, parse_value
+from asympo.data.arithmetic import ArithmeticConfig
 from asympo.presets import PRESETS, preset_dict
 
 
@@ -102,7 +103,9 @@ def test_objective_hparams_are_checked_before_any_work(objective, hparams, messa
 def test_task_settings_are_kept_as_checked_and_read_back_equal():
     d = apply_overrides(preset_dict("demo"), ['task.arithmetic={"n_train": 1e3, "ops": ["+", "-"]}'])
     cfg = TrainConfig.from_dict(d)
-    assert cfg.task.arithmetic == {"n_train": 1000, "ops": ["+", "-"]}  # what ArithmeticConfig(**...) takes
+    assert cfg.task.arithmetic == {"n_train": 1000, "ops": ["+", "-"]}
+    assert type(cfg.task.arithmetic["n_train"]) is int  # 1000.0 would pass the config and fail the task
+    assert ArithmeticConfig(**cfg.task.arithmetic).n_train == 1000
     assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg
 
 
