@@ -73,6 +73,14 @@ def test_overrides():
         ("learner.adam_betas=[0.9, 1.0]", r"learner.adam_betas must both be in \[0, 1\), got \[0.9, 1.0\]"),
         ("learner.estimator=nopkg.mod:fn", r"learner.estimator: estimator 'nopkg.mod:fn' cannot be imported"),
         ("learner.estimator=mean", r"learner.estimator: unknown estimator 'mean'; valid estimators: dr_grpo"),
+        (
+            'ray.worker_resources={"num_cpus": -1}',
+            r"ray.worker_resources.num_cpus must be a number >= 0, got -1",
+        ),
+        (
+            'ray.worker_resources={"num_gpus": "1"}',
+            r"ray.worker_resources.num_gpus must be a number >= 0, got '1'",
+        ),
     ],
 )
 def test_validation_errors_name_the_field(override, message):

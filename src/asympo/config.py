@@ -287,6 +287,18 @@ class RayConfig:
                 f"ray.worker_resources must be a dict with keys among {', '.join(keys)}, "
                 f"got {self.worker_resources!r}"
             )
+        for key in ("num_cpus", "num_gpus", "memory"):  # what Ray would refuse only as it places an actor
+            value = self.worker_resources.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+                raise ValueError(f"ray.worker_resources.{key} must be a number >= 0, got {value!r}")
+        extra = self.worker_resources.get("resources", {})
+        if not isinstance(extra, dict) or not all(
+            isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) and v >= 0
+            for k, v in extra.items()
+        ):
+            raise ValueError(
+                f"ray.worker_resources.resources must map resource names to amounts, got {extra!r}"
+            )
 
 
 @dataclass
