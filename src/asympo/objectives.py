@@ -435,16 +435,23 @@ def _check_inputs(logp, mask, advantages, behavior_logp, ref_logp, entropy) -> N
     for name, t in (("behavior_logp", behavior_logp), ("ref_logp", ref_logp), ("entropy", entropy)):
         if t is not None and (not isinstance(t, torch.Tensor) or tuple(t.shape) != (B, T)):
             raise ValueError(f"{name} must have the shape of logp [B, T] = [{B}, {T}], got {_shape(t)}")
-    for name, t in (("logp", logp), ("behavior_logp", behavior_logp), ("ref_logp", ref_logp)):
-        if t is not None and t.numel():
-            # Logits or probabilities passed by mistake would not fail otherwise: asympo's weight 1/NLL turns
-            # negative and flips the sign of the update. NaN passes (the learner's NaN guard handles it).
-            top = t.detach().float().masked_fill(mask == 0, -math.inf).max()
+    # Logits or probabilities passed by mistake would not fail otherwise: asympo's weight 1/NLL turns negative
+    # and flips the sign of the update. NaN passes (the learner's NaN guard handles it). One host sync for all.
+    given = [
+        (n, t)
+        for n, t in (("logp", logp), ("behavior_logp", behavior_logp), ("ref_logp", ref_logp))
+        if t is not None
+    ]
+    if B * T:
+        tops = torch.stack(
+            [t.detach().float().masked_fill(mask == 0, -math.inf).max() for _, t in given]
+        ).tolist()
+        for (name, _), top in zip(given, tops):
             if top > LOGP_TOLERANCE:
                 raise ValueError(
                     f"{name} must hold log-probabilities (<= 0) where mask is set, but its largest value "
-                    f"there is {top.item():.4g}: pass log_softmax(logits) at the sampled tokens, not logits "
-                    "or probabilities"
+                    f"there is {top:.4g}: pass log_softmax(logits) at the sampled tokens, not logits or "
+                    "probabilities"
                 )
 
 
@@ -687,6 +694,15 @@ def policy_loss(
     return res.loss, metrics
 
 
+HPARAM_KINDS = {
+    bool: ((bool,), "true or false"),
+    int: ((int,), "an integer"),
+    float: ((int, float), "a number"),
+    str: ((str,), "a string"),
+}
+"""The type of a hyperparameter's default -> the value types `check_hparams` accepts for it, and their words."""
+
+
 def check_hparams(name: str, hparams: dict) -> None:
     """Raise ValueError, naming the objective and the key, for hparams that objective `name` would refuse
     only once training runs: a value of another kind than its default (a number where the default is a
@@ -695,11 +711,9 @@ def check_hparams(name: str, hparams: dict) -> None:
     `neg_scale`). Unknown keys are the caller's to reject, with its own wording."""
     objective = get_objective(name)
     for key, value in hparams.items():
-        default = objective.hparams.get(key)
-        kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(type(default))
+        kinds, words = HPARAM_KINDS.get(type(objective.hparams.get(key)), (None, ""))
         if kinds and not (isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))):
-            kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-            raise ValueError(f"{name}: {key} must be {kind[type(default)]}, got {value!r}")
+            raise ValueError(f"{name}: {key} must be {words}, got {value!r}")
     logp = torch.full((2, 1), -1.0)  # [B=2, T=1]: one positive and one negative response
     try:
         compute_loss(name, logp, torch.ones(2, 1), torch.tensor([1.0, -1.0]), logp.clone(), **hparams)

@@ -198,15 +198,13 @@ def engine_options(kind: str) -> frozenset[str] | None:
     init = inspect.signature(cls.__init__).parameters.values()
     if any(p.kind is p.VAR_KEYWORD for p in init):
         return None
-    if kind != "torch":
-        return frozenset(p.name for p in init if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)) - {
-            "self"
-        }
     # The runtime builds a torch engine from the model path (`from_pretrained`), which loads the model and
     # its tokenizer: those three are not the user's to pass.
-    named = [*init, *inspect.signature(cls.from_pretrained).parameters.values()]
-    keyword = {p.name for p in named if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return frozenset(keyword - {"self", "path", "model", "tokenizer"})
+    named, runtime = list(init), {"self"}
+    if kind == "torch":
+        named += inspect.signature(cls.from_pretrained).parameters.values()
+        runtime |= {"path", "model", "tokenizer"}
+    return frozenset(p.name for p in named if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)) - runtime
 
 
 def make_engine(kind: str, *, require_logprobs: bool = False, **kwargs: Any) -> Engine:
